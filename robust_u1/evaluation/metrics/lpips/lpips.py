@@ -1,0 +1,44 @@
+"""LPIPS for image recovery, as an `evaluate` metric module.
+
+Load it offline from its folder::
+
+    import evaluate
+    from robust_u1.evaluation import metric_path
+
+    lpips = evaluate.load(metric_path("lpips"))
+    lpips.compute(predictions=recovered_images, references=clean_images)
+"""
+
+import datasets
+import evaluate
+
+from robust_u1.evaluation.recovery import recovery_metrics
+
+_DESCRIPTION = "Learned perceptual image patch similarity (lower is better) between recovered and clean images, averaged over images. Needs torchvision's ImageNet backbone weights in the torch-hub cache ($TORCH_HOME/hub/checkpoints); they are not downloaded unless allow_download=True."
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: recovered images (PIL images; resized to the reference size when they differ).
+    references: clean images.
+    net_type: LPIPS backbone, "alex" (default), "vgg" or "squeeze".
+    allow_download: let torchvision download missing backbone weights.
+Returns:
+    lpips: the mean over image pairs.
+Examples:
+    >>> lpips = evaluate.load(metric_path("lpips"))
+    >>> lpips.compute(predictions=[image], references=[image])
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class LPIPS(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
+        )
+
+    def _compute(self, predictions, references, net_type: str = "alex", allow_download: bool = False):
+        return recovery_metrics(predictions, references, metrics=("lpips",), lpips_net=net_type, allow_download=allow_download)

@@ -1,0 +1,42 @@
+"""PSNR for image recovery, as an `evaluate` metric module.
+
+Load it offline from its folder::
+
+    import evaluate
+    from robust_u1.evaluation import metric_path
+
+    psnr = evaluate.load(metric_path("psnr"))
+    psnr.compute(predictions=recovered_images, references=clean_images)
+"""
+
+import datasets
+import evaluate
+
+from robust_u1.evaluation.recovery import recovery_metrics
+
+_DESCRIPTION = "Peak signal-to-noise ratio (dB, higher is better) between recovered and clean RGB images in [0, 1], averaged over images."
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: recovered images (PIL images; resized to the reference size when they differ).
+    references: clean images.
+Returns:
+    psnr: the mean over image pairs.
+Examples:
+    >>> psnr = evaluate.load(metric_path("psnr"))
+    >>> psnr.compute(predictions=[image], references=[image])
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class PSNR(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
+        )
+
+    def _compute(self, predictions, references):
+        return recovery_metrics(predictions, references, metrics=("psnr",))

@@ -1,0 +1,178 @@
+"""Run an answerer over a benchmark × levels × modes, resumably."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .cache import JsonlCache, cache_key
+from .protocols import MODES, Answerer, Degrader, Mode
+
+Level = int | str
+"""A degradation level: percent intensity (0 = clean) for MCQ benchmarks, ``"low"/"mid"/"high"`` for R-Bench."""
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One model call: an item at a degradation level in a mode.
+
+    ``load_image`` is called only when the answer is not cached yet, so resuming skips image decoding
+    and corruption; cases sharing ``image_key`` (baseline and recover at one level) reuse one image.
+    """
+
+    item_id: str
+    level: Level
+    mode: Mode
+    prompt: str
+    options: dict[str, str] | None
+    load_image: Callable[[], Image.Image]
+    image_key: tuple[Any, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark(Protocol):
+    """What :func:`evaluate_benchmark` needs from a benchmark (see ``MCQBenchmark`` and ``RBenchBenchmark``)."""
+
+    name: str
+    kind: str
+
+    def default_levels(self, degrade: Degrader | None) -> list[Level]: ...
+
+    def cases(
+        self, *, levels: Sequence[Level], modes: Sequence[Mode], degrade: Degrader | None, seed: int
+    ) -> list[EvalCase]: ...
+
+    def summarize(
+        self, records: list[dict[str, Any]], *, cache_path: Path | None, progress: bool
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
+
+
+@dataclass
+class BenchmarkResults:
+    """Per-item records and aggregate metrics of one model on one benchmark.
+
+    ``metrics`` is keyed by mode first. MCQ benchmarks: ``metrics[mode]["accuracy"][level]`` (a
+    fraction in [0, 1]), ``["drop_from_clean"][level]``, ``["per_category"][level][category]``,
+    ``["count"][level]``. R-Bench: ``metrics[mode]["absolute"][task][strength]``,
+    ``["absolute_overall"]`` and, when the oracle (clean reference) answers exist,
+    ``["relative"]`` / ``["relative_overall"]``.
+
+    Example:
+        >>> results = BenchmarkResults("toy", "mcq", "stub", [0], [], {"baseline": {"accuracy": {0: 1.0}}})
+        >>> results.metrics["baseline"]["accuracy"][0]
+        1.0
+    """
+
+    benchmark: str
+    kind: str
+    model_name: str
+    levels: list[Level]
+    records: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.metrics)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write the results as JSON (dictionary keys become strings, as JSON requires)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        return path
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A per-item seed that depends only on the run seed and the item, so reruns corrupt identically.
+
+    Example:
+        >>> derive_seed(0, "mmstar", "7", 50) == derive_seed(0, "mmstar", "7", 50)
+        True
+    """
+    digest = hashlib.sha256(json.dumps([seed, *parts], default=str).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def evaluate_benchmark(
+    benchmark: Benchmark,
+    answer_fn: Answerer,
+    *,
+    levels: Sequence[Level] | None = None,
+    modes: Sequence[Mode] = MODES,
+    degrade: Degrader | None = None,
+    seed: int = 0,
+    cache_path: str | os.PathLike[str] | None = None,
+    model_name: str = "model",
+    progress: bool = True,
+) -> BenchmarkResults:
+    """Answer every item of ``benchmark`` at every level in every mode, then score.
+
+    Answers are appended to ``cache_path`` (JSONL, keyed by benchmark, item id, level, mode and
+    seed) as soon as they arrive; calling again with the same cache skips everything already
+    answered, so a crashed run restarts where it stopped. Use one cache file per model.
+    ``oracle`` answers do not depend on the level and are computed once, at the clean level.
+
+    Example:
+        >>> from robust_u1.evaluation import load_mcq_benchmark
+        >>> bench = load_mcq_benchmark("tests/fixtures/eval/mmmb_tiny.tsv", name="MMMB")  # doctest: +SKIP
+        >>> results = evaluate_benchmark(bench, answer_fn, degrade=degrade, cache_path="runs/mmmb.jsonl")  # doctest: +SKIP
+        >>> results.metrics["recover"]["accuracy"][100]  # doctest: +SKIP
+        0.83
+    """
+    unknown_modes = set(modes) - set(MODES)
+    if unknown_modes:
+        raise ValueError(f"Unknown modes {sorted(unknown_modes)}; expected a subset of {MODES}.")
+    levels = list(levels) if levels is not None else benchmark.default_levels(degrade)
+    cases = benchmark.cases(levels=levels, modes=modes, degrade=degrade, seed=seed)
+    answers = JsonlCache(cache_path)
+    pending = [case for case in cases if _case_key(benchmark, case, seed) not in answers]
+
+    current_image_key: tuple[Any, ...] | None = None
+    current_image: Image.Image | None = None
+    for case in tqdm(pending, desc=f"{benchmark.name} ({model_name})", disable=not progress, unit="answer"):
+        if case.image_key != current_image_key:
+            current_image_key, current_image = case.image_key, case.load_image()
+        assert current_image is not None
+        reply = answer_fn(current_image, case.prompt, case.options, case.mode)
+        answers.put(
+            _case_key(benchmark, case, seed),
+            {"response": str(reply.get("answer") or ""), "reasoning": reply.get("reasoning")},
+        )
+
+    records = [
+        {
+            "benchmark": benchmark.name,
+            "item_id": case.item_id,
+            "level": case.level,
+            "mode": case.mode,
+            "seed": seed,
+            **case.metadata,
+            **answers.get(_case_key(benchmark, case, seed)),
+        }
+        for case in cases
+    ]
+    judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
+    scored, metrics = benchmark.summarize(records, cache_path=judge_cache, progress=progress)
+    return BenchmarkResults(benchmark.name, benchmark.kind, model_name, levels, scored, metrics)
+
+
+def _case_key(benchmark: Benchmark, case: EvalCase, seed: int) -> str:
+    return cache_key(benchmark.name, case.item_id, case.level, case.mode, seed)
+
+
+def iter_records(results: Sequence[BenchmarkResults]) -> Iterator[dict[str, Any]]:
+    """All per-item records of several results, tagged with the model name."""
+    for result in results:
+        for record in result.records:
+            yield {"model_name": result.model_name, **record}

@@ -1,0 +1,764 @@
+"""BAGEL / Robust-U1 in PyTorch: Mixture-of-Transformers Qwen2 + SigLIP NaViT + FLUX VAE.
+
+Module and parameter names follow the official checkpoint (`ema.safetensors`) so that official
+weights load without renaming; only the VAE uses diffusers' `AutoencoderKL` names.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.models.embeddings import get_timestep_embedding
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding, apply_rotary_pos_emb
+from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
+from transformers.utils import ModelOutput
+
+from .attention import PackedAttentionLayout, packed_flex_attention, packed_sdpa, resolve_attention_backend
+from .configuration_robust_u1 import RobustU1Config
+from .generation_robust_u1 import RobustU1GenerationMixin
+from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
+
+# ----------------------------------------------------------------------------------------------
+# Token layout helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def patchify(image: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[C, H, W] → [(H/p)·(W/p), p·p·C], row-major patches flattened as (py, px, c) like BAGEL."""
+    channels, height, width = image.shape
+    h, w = height // patch_size, width // patch_size
+    x = image[:, : h * patch_size, : w * patch_size].reshape(channels, h, patch_size, w, patch_size)
+    return x.permute(1, 3, 2, 4, 0).reshape(h * w, patch_size * patch_size * channels)
+
+
+def unpatchify(tokens: torch.Tensor, grid: tuple[int, int], patch_size: int) -> torch.Tensor:
+    """Inverse of `patchify`: [h·w, p·p·C] → [C, h·p, w·p]."""
+    h, w = grid
+    channels = tokens.shape[-1] // (patch_size * patch_size)
+    x = tokens.reshape(h, w, patch_size, patch_size, channels).permute(4, 0, 2, 1, 3)
+    return x.reshape(channels, h * patch_size, w * patch_size)
+
+
+def grid_position_ids(grid: tuple[int, int], max_side: int, device: torch.device | None = None) -> torch.Tensor:
+    """Row-major ids ``row * max_side + col`` into a [max_side², dim] position table."""
+    h, w = grid
+    if h > max_side or w > max_side:
+        raise ValueError(f"A {h}×{w} token grid exceeds the position table side {max_side}; use a smaller image.")
+    rows = torch.arange(h, device=device)[:, None] * max_side
+    return (rows + torch.arange(w, device=device)[None, :]).flatten()
+
+
+def sincos_2d_table(max_side: int, dim: int) -> torch.Tensor:
+    """BAGEL's fixed 2-D sin-cos table [max_side², dim]: [sin(c·ω), cos(c·ω), sin(r·ω), cos(r·ω)]."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    coords = torch.arange(max_side, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    col_angles = cols.flatten()[:, None] * omega[None]
+    row_angles = rows.flatten()[:, None] * omega[None]
+    table = torch.cat([col_angles.sin(), col_angles.cos(), row_angles.sin(), row_angles.cos()], dim=1)
+    return table.float()
+
+
+@dataclass
+class RobustU1TrainingOutput(ModelOutput):
+    """Output of the packed training forward (official `Bagel.forward` quantities)."""
+
+    loss: torch.Tensor | None = None
+    ce_loss: torch.Tensor | None = None
+    mse_loss: torch.Tensor | None = None
+    ce: torch.Tensor | None = None
+    mse: torch.Tensor | None = None
+    ce_logits: torch.Tensor | None = None
+    velocity_pred: torch.Tensor | None = None
+    velocity_target: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixture-of-Transformers language model
+# ----------------------------------------------------------------------------------------------
+
+
+class ExpertRouting:
+    """Which packed tokens use the generation expert (VAE latents) and which the understanding one."""
+
+    def __init__(self, gen_mask: torch.Tensor):
+        self.num_tokens = gen_mask.numel()
+        self.all_gen = bool(gen_mask.all())
+        self.all_und = not bool(gen_mask.any())
+        if not (self.all_gen or self.all_und):
+            self.gen_index = gen_mask.nonzero().squeeze(1)
+            self.und_index = (~gen_mask).nonzero().squeeze(1)
+
+    def __call__(self, x: torch.Tensor, und: nn.Module, gen: nn.Module) -> torch.Tensor:
+        """Apply ``und`` to understanding tokens and ``gen`` to generation tokens of ``x`` [N, …]."""
+        if self.all_und:
+            return und(x)
+        if self.all_gen:
+            return gen(x)
+        und_out = und(x[self.und_index])
+        out = und_out.new_empty((self.num_tokens, *und_out.shape[1:]))
+        out[self.und_index] = und_out
+        out[self.gen_index] = gen(x[self.gen_index])
+        return out
+
+
+class RobustU1MoTAttention(nn.Module):
+    """One self-attention over the packed sequence; each token's Q/K/V/O and QK-norms come from its expert."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        hidden, q_dim, kv_dim = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        for suffix in ("", "_moe_gen"):
+            setattr(self, f"q_proj{suffix}", nn.Linear(hidden, q_dim, bias=True))
+            setattr(self, f"k_proj{suffix}", nn.Linear(hidden, kv_dim, bias=True))
+            setattr(self, f"v_proj{suffix}", nn.Linear(hidden, kv_dim, bias=True))
+            setattr(self, f"o_proj{suffix}", nn.Linear(q_dim, hidden, bias=False))
+            setattr(self, f"q_norm{suffix}", Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", Qwen2RMSNorm(self.head_dim, eps=config.rms_norm_eps))
+
+    def forward(self, hidden_states, routing, position_embeddings, layout, cache, attention_backend):
+        n = hidden_states.shape[0]
+        q = routing(hidden_states, self.q_proj, self.q_proj_moe_gen).view(n, self.num_heads, self.head_dim)
+        k = routing(hidden_states, self.k_proj, self.k_proj_moe_gen).view(n, self.num_kv_heads, self.head_dim)
+        v = routing(hidden_states, self.v_proj, self.v_proj_moe_gen).view(n, self.num_kv_heads, self.head_dim)
+        q = routing(q, self.q_norm, self.q_norm_moe_gen)
+        k = routing(k, self.k_norm, self.k_norm_moe_gen)
+        cos, sin = position_embeddings
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+
+        backend = resolve_attention_backend(attention_backend, q.device, has_cache=cache is not None)
+        if backend == "flex":
+            attn = packed_flex_attention(q, k, v, layout)
+            new_keys = new_values = None
+        else:
+            new_keys, new_values = _merge_with_cache(k, v, layout, cache, self.layer_idx)
+            attn = packed_sdpa(q, new_keys, new_values, layout)
+        attn = attn.reshape(n, self.num_heads * self.head_dim)
+        return routing(attn, self.o_proj, self.o_proj_moe_gen), new_keys, new_values
+
+
+def _merge_with_cache(k, v, layout, cache, layer_idx):
+    """Per sequence: [cached keys, new keys] (and values)."""
+    keys, values, start = [], [], 0
+    for index, length in enumerate(layout.query_lens):
+        new_k, new_v = k[start : start + length], v[start : start + length]
+        if cache is not None and layout.cache_lens[index]:
+            new_k = torch.cat([cache.keys[layer_idx][index], new_k])
+            new_v = torch.cat([cache.values[layer_idx][index], new_v])
+        keys.append(new_k)
+        values.append(new_v)
+        start += length
+    return keys, values
+
+
+class RobustU1MoTDecoderLayer(GradientCheckpointingLayer):
+    """A Qwen2 decoder layer with two experts (understanding, generation) and shared attention."""
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.self_attn = RobustU1MoTAttention(config, layer_idx)
+        self.mlp = Qwen2MLP(config)
+        self.mlp_moe_gen = Qwen2MLP(config)
+        for suffix in ("", "_moe_gen"):
+            setattr(self, f"input_layernorm{suffix}", Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps))
+            setattr(self, f"post_attention_layernorm{suffix}", Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps))
+
+    def forward(self, hidden_states, routing, position_embeddings, layout, cache=None, attention_backend="auto"):
+        residual = hidden_states
+        hidden_states = routing(hidden_states, self.input_layernorm, self.input_layernorm_moe_gen)
+        attn, new_keys, new_values = self.self_attn(
+            hidden_states, routing, position_embeddings, layout, cache, attention_backend
+        )
+        hidden_states = residual + attn
+        residual = hidden_states
+        hidden_states = routing(hidden_states, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
+        hidden_states = residual + routing(hidden_states, self.mlp, self.mlp_moe_gen)
+        return hidden_states, new_keys, new_values
+
+
+class RobustU1MoTModel(nn.Module):
+    """Token embeddings, MoT decoder layers and the two final norms (``norm`` / ``norm_moe_gen``)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(RobustU1MoTDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm_moe_gen = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = Qwen2RotaryEmbedding(config)
+
+    def forward(self, inputs_embeds, position_ids, gen_mask, layout, cache=None, update_cache=False, attention_backend="auto"):
+        routing = ExpertRouting(gen_mask)
+        cos, sin = self.rotary_emb(inputs_embeds, position_ids[None])
+        position_embeddings = (cos[0], sin[0])  # [N, D], broadcast over the heads of [N, H, D]
+        hidden_states = inputs_embeds
+        for layer_idx, layer in enumerate(self.layers):
+            hidden_states, keys, values = layer(
+                hidden_states, routing, position_embeddings, layout, cache=cache, attention_backend=attention_backend
+            )
+            if update_cache:
+                cache.keys[layer_idx], cache.values[layer_idx] = keys, values
+        return routing(hidden_states, self.norm, self.norm_moe_gen)
+
+
+class RobustU1LanguageModel(nn.Module):
+    """Holds ``model`` and ``lm_head`` under the official key prefix ``language_model``."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.model = RobustU1MoTModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Vision tower, connector and position/time embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+class RobustU1VisionEmbeddings(nn.Module):
+    """NaViT patch embedding: a Linear over flattened patches plus a learned table indexed by row·side+col.
+
+    transformers' `SiglipVisionEmbeddings` uses a Conv2d and a fixed square grid; BAGEL stores the
+    convolution as a Linear [hidden, p·p·3] and indexes positions for any aspect ratio.
+    """
+
+    def __init__(self, config, max_num_patch_per_side: int):
+        super().__init__()
+        self.patch_embedding = nn.Linear(config.patch_size**2 * config.num_channels, config.hidden_size)
+        self.position_embedding = nn.Embedding(max_num_patch_per_side**2, config.hidden_size)
+
+    def forward(self, packed_patches: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.patch_embedding(packed_patches) + self.position_embedding(position_ids)
+
+
+class RobustU1VisionEncoder(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class RobustU1VisionTransformer(nn.Module):
+    """SigLIP encoder over packed images; each image attends only to itself."""
+
+    def __init__(self, config, max_num_patch_per_side: int):
+        super().__init__()
+        self.embeddings = RobustU1VisionEmbeddings(config, max_num_patch_per_side)
+        self.encoder = RobustU1VisionEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, packed_patches, position_ids, seqlens: Sequence[int]) -> torch.Tensor:
+        hidden_states = self.embeddings(packed_patches, position_ids)[None]
+        mask = None
+        if len(seqlens) > 1:
+            image_of_token = torch.repeat_interleave(
+                torch.arange(len(seqlens), device=hidden_states.device),
+                torch.as_tensor(list(seqlens), device=hidden_states.device),
+            )
+            same_image = image_of_token[:, None] == image_of_token[None, :]
+            mask = torch.zeros(same_image.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+            mask = mask.masked_fill(~same_image, torch.finfo(hidden_states.dtype).min)[None, None]
+        for layer in self.encoder.layers:
+            hidden_states = layer(hidden_states, mask)
+        return self.post_layernorm(hidden_states)[0]
+
+
+class RobustU1VisionModel(nn.Module):
+    """Holds ``vision_model`` under the official key prefix ``vit_model``."""
+
+    def __init__(self, config, max_num_patch_per_side: int):
+        super().__init__()
+        self.vision_model = RobustU1VisionTransformer(config, max_num_patch_per_side)
+
+
+class RobustU1Connector(nn.Module):
+    """ViT features → LLM hidden size: ``fc2(act(fc1(x)))``."""
+
+    def __init__(self, in_features: int, hidden_size: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_size)
+        self.act = ACT2FN[act]
+        self.fc2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PositionEmbedding2D(nn.Module):
+    """Frozen 2-D sin-cos table [max_side², dim] (``vit_pos_embed``, ``latent_pos_embed``)."""
+
+    def __init__(self, max_side: int, dim: int):
+        super().__init__()
+        self.max_side = max_side
+        self.pos_embed = nn.Parameter(sincos_2d_table(max_side, dim), requires_grad=False)
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.pos_embed[position_ids]
+
+
+class TimestepEmbedder(nn.Module):
+    """``mlp(cat[cos(tφ), sin(tφ)])`` with t in [0, 1] used as is (no ×1000)."""
+
+    frequency_dim = 256
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freqs = get_timestep_embedding(t, self.frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        return self.mlp(freqs.to(self.mlp[0].weight.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------
+
+
+class RobustU1PreTrainedModel(PreTrainedModel):
+    config_class = RobustU1Config
+    config: RobustU1Config
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["RobustU1MoTDecoderLayer", "SiglipEncoderLayer"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _keys_to_ignore_on_load_unexpected = [r".*rotary_emb\.inv_freq"]
+
+    def _init_weights(self, module):
+        if isinstance(module, PositionEmbedding2D):
+            init.copy_(module.pos_embed, sincos_2d_table(module.max_side, module.pos_embed.shape[1]))
+        elif isinstance(module, Qwen2RotaryEmbedding):
+            inv_freq, _ = module.compute_default_rope_parameters(module.config)
+            init.copy_(module.inv_freq, inv_freq)
+            init.copy_(module.original_inv_freq, inv_freq)
+        elif id(module) not in self._vae_module_ids:
+            super()._init_weights(module)  # the VAE keeps diffusers' own initialisation
+
+    @functools.cached_property
+    def _vae_module_ids(self) -> set[int]:
+        return {id(m) for m in self.vae.modules()}
+
+
+class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrainedModel):
+    """BAGEL: understands interleaved text and images, and generates (recovers) images.
+
+    Example:
+
+    ```python
+    >>> from robust_u1 import RobustU1ForConditionalGeneration
+    >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype="bfloat16")
+    >>> restored = model.recover(corrupted_image, processor=processor)
+    ```
+    """
+
+    def __init__(self, config: RobustU1Config):
+        super().__init__(config)
+        text, vision = config.text_config, config.vision_config
+        if vision._attn_implementation is None:
+            vision._attn_implementation = "sdpa"  # packed images use an additive block-diagonal mask
+        self.language_model = RobustU1LanguageModel(text)
+        self.vit_model = RobustU1VisionModel(vision, config.vit_max_num_patch_per_side)
+        self.connector = RobustU1Connector(vision.hidden_size, text.hidden_size, config.connector_act)
+        self.vit_pos_embed = PositionEmbedding2D(config.vit_max_num_patch_per_side, text.hidden_size)
+        self.latent_pos_embed = PositionEmbedding2D(config.max_latent_size, text.hidden_size)
+        self.time_embedder = TimestepEmbedder(text.hidden_size)
+        self.vae2llm = nn.Linear(config.patch_latent_dim, text.hidden_size)
+        self.llm2vae = nn.Linear(text.hidden_size, config.patch_latent_dim)
+        self.vae = AutoencoderKL(**config.vae_config)
+        self.vae.requires_grad_(False)  # the VAE is frozen in every Robust-U1 stage
+        self.attention_backend = "auto"
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Loads the Hugging Face layout, or the official BAGEL / Robust-U1 layout directly.
+
+        An official folder or Hub repository (``llm_config.json``, ``vit_config.json``,
+        ``ae.safetensors`` and ``ema.safetensors`` / ``model.safetensors`` / ``model_bf16.safetensors``)
+        is built on the meta device and its safetensors are streamed in, cast to ``dtype``.
+
+        Example:
+
+        ```python
+        >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16)
+        ```
+        """
+        from .convert_bagel_weights_to_hf import load_official_checkpoint, resolve_official_checkpoint
+
+        official = resolve_official_checkpoint(pretrained_model_name_or_path, **kwargs)
+        if official is None:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+        device_map = kwargs.pop("device_map", None)
+        if device_map is not None and not isinstance(device_map, (str, torch.device)):
+            raise ValueError("Official-layout checkpoints load onto one device: pass device_map='cuda' or similar.")
+        return load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
+
+    def rebuild_non_persistent_buffers(self, device: str | torch.device = "cpu") -> None:
+        """Recomputes buffers that checkpoints do not store (RoPE frequencies) after a meta-device build."""
+        rotary = self.language_model.model.rotary_emb
+        inv_freq, _ = rotary.compute_default_rope_parameters(rotary.config)
+        rotary.inv_freq = inv_freq.to(device)
+        rotary.original_inv_freq = inv_freq.clone().to(device)
+
+    # -- small accessors -------------------------------------------------------------------------
+
+    @property
+    def text_config(self):
+        return self.config.text_config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.lm_head
+
+    @property
+    def head_dim(self) -> int:
+        text = self.text_config
+        return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+    def new_cache(self, batch_size: int) -> RobustU1KVCache:
+        """An empty KV cache for ``batch_size`` sequences."""
+        text = self.text_config
+        return RobustU1KVCache.empty(
+            text.num_hidden_layers, batch_size, text.num_key_value_heads, self.head_dim, self.device, self.dtype
+        )
+
+    # -- VAE -------------------------------------------------------------------------------------
+
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        sample_posterior: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Images in [-1, 1] [B, 3, H, W] → scaled latents ``(z − shift)·scale`` [B, C, H/8, W/8].
+
+        BAGEL encodes with a sample of the posterior (``sample_posterior=True``); the mode is the
+        deterministic alternative.
+        """
+        vae = self.vae
+        with torch.no_grad():
+            posterior = vae.encode(pixel_values.to(vae.dtype)).latent_dist
+            z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [B, C, h, w] → images in (about) [-1, 1], not clamped."""
+        vae = self.vae
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+        return vae.decode(z).sample
+
+    def latent_to_tokens(self, latent: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Scaled latent [C, h, w] → generation tokens [h/p · w/p, p·p·C] and their grid."""
+        p = self.config.latent_patch_size
+        return patchify(latent, p), (latent.shape[1] // p, latent.shape[2] // p)
+
+    def tokens_to_latent(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return unpatchify(tokens, grid, self.config.latent_patch_size)
+
+    # -- embeddings ------------------------------------------------------------------------------
+
+    def embed_vit_images(self, pixel_values: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """Normalised images [3, H, W] → LLM input embeddings of their patches (packed), and counts."""
+        patch, side = self.config.vision_config.patch_size, self.config.vit_max_num_patch_per_side
+        patches, position_ids, seqlens = [], [], []
+        for image in pixel_values:
+            grid = (image.shape[1] // patch, image.shape[2] // patch)
+            patches.append(patchify(image, patch))
+            position_ids.append(grid_position_ids(grid, side, image.device))
+            seqlens.append(grid[0] * grid[1])
+        return self.embed_vit_tokens(torch.cat(patches), torch.cat(position_ids), seqlens), seqlens
+
+    def embed_vit_tokens(self, packed_patches: torch.Tensor, position_ids: torch.Tensor, seqlens: Sequence[int]):
+        """Patchified pixels [N, p·p·3] → ``connector(vit(x)) + vit_pos_embed`` [N, hidden]."""
+        vit = self.vit_model.vision_model
+        features = vit(packed_patches.to(self.dtype), position_ids, seqlens)
+        return self.connector(features) + self.vit_pos_embed(position_ids)
+
+    def embed_latent_tokens(self, tokens: torch.Tensor, timesteps: torch.Tensor, position_ids: torch.Tensor):
+        """Latent tokens [N, p·p·C] at flow times [N] → ``vae2llm(x) + time_embedder(t) + latent_pos_embed``."""
+        return (
+            self.vae2llm(tokens.to(self.dtype))
+            + self.time_embedder(timesteps.float())
+            + self.latent_pos_embed(position_ids)
+        )
+
+    def _embed_blocks(self, blocks: Sequence[Block], next_positions: Sequence[int]):
+        """Embeds one block per sequence into one packed query: embeddings, RoPE ids, expert mask, modes."""
+        device = self.device
+        boi, eoi = self.config.start_of_image_token_id, self.config.end_of_image_token_id
+        bos, eos = self.config.bos_token_id, self.config.eos_token_id
+        side_latent = self.config.max_latent_size
+        embed_tokens = self.language_model.model.embed_tokens
+
+        vit_blocks = [b for b in blocks if isinstance(b, VitImageBlock)]
+        vit_embeds = self.embed_vit_images([b.pixel_values for b in vit_blocks])[0] if vit_blocks else None
+        vit_offset = 0
+
+        embeds, positions, gen_masks, modes, advances = [], [], [], [], []
+        for block, position in zip(blocks, next_positions):
+            if isinstance(block, TextBlock):
+                ids = torch.as_tensor(block.ids, dtype=torch.long, device=device).flatten()
+                if block.wrap:
+                    ids = torch.cat([ids.new_tensor([bos]), ids, ids.new_tensor([eos])])
+                piece = embed_tokens(ids)
+                pos = position + torch.arange(len(ids), device=device)
+                gen = torch.zeros(len(ids), dtype=torch.bool, device=device)
+                mode, advance = "causal", len(ids)
+            else:
+                if isinstance(block, VitImageBlock):
+                    grid = block.pixel_values.shape[1] // self.config.vision_config.patch_size
+                    count = grid * (block.pixel_values.shape[2] // self.config.vision_config.patch_size)
+                    inner = vit_embeds[vit_offset : vit_offset + count]
+                    vit_offset += count
+                    gen_inner, mode = torch.zeros(count, dtype=torch.bool, device=device), "full"
+                else:
+                    count = block.tokens.shape[0]
+                    timesteps = torch.as_tensor(block.timestep, device=device, dtype=torch.float32).expand(count)
+                    inner = self.embed_latent_tokens(
+                        block.tokens.to(device), timesteps, grid_position_ids(block.grid, side_latent, device)
+                    )
+                    gen_inner, mode = torch.ones(count, dtype=torch.bool, device=device), "noise" if block.noisy else "full"
+                markers = embed_tokens(torch.tensor([boi, eoi], device=device))
+                piece = torch.cat([markers[:1], inner, markers[1:]])
+                pos = torch.full((count + 2,), position, device=device)
+                gen = torch.cat([gen_inner.new_zeros(1), gen_inner, gen_inner.new_zeros(1)])
+                advance = 0 if isinstance(block, VaeImageBlock) and block.noisy else 1
+            embeds.append(piece)
+            positions.append(pos)
+            gen_masks.append(gen)
+            modes.append(mode)
+            advances.append(advance)
+        return torch.cat(embeds), torch.cat(positions), torch.cat(gen_masks), modes, advances
+
+    # -- inference building blocks -------------------------------------------------------------
+
+    def run_blocks(
+        self, cache: RobustU1KVCache, blocks: Sequence[Block], update_cache: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Runs one block per sequence against ``cache``; returns final hidden states, expert mask, lengths.
+
+        With ``update_cache`` the blocks' keys/values are appended and the RoPE positions advanced
+        (a context prefill); without it the cache is only read (a denoising query).
+        """
+        if len(blocks) != cache.batch_size:
+            raise ValueError(f"Got {len(blocks)} blocks for a cache of {cache.batch_size} sequences.")
+        embeds, positions, gen_mask, modes, advances = self._embed_blocks(blocks, cache.next_positions)
+        lengths = self._block_lengths(blocks)
+        layout = PackedAttentionLayout.single_split(lengths, modes, cache_lens=cache.lengths)
+        hidden = self.language_model.model(
+            embeds.to(self.dtype), positions, gen_mask, layout, cache=cache, update_cache=update_cache,
+            attention_backend=self.attention_backend,
+        )  # fmt: skip
+        if update_cache:
+            cache.next_positions = [p + a for p, a in zip(cache.next_positions, advances)]
+        return hidden, gen_mask, lengths
+
+    def _block_lengths(self, blocks: Sequence[Block]) -> list[int]:
+        patch = self.config.vision_config.patch_size
+        lengths = []
+        for block in blocks:
+            if isinstance(block, TextBlock):
+                lengths.append(torch.as_tensor(block.ids).numel() + (2 if block.wrap else 0))
+            elif isinstance(block, VitImageBlock):
+                lengths.append((block.pixel_values.shape[1] // patch) * (block.pixel_values.shape[2] // patch) + 2)
+            else:
+                lengths.append(block.tokens.shape[0] + 2)
+        return lengths
+
+    @torch.no_grad()
+    def prefill(self, cache: RobustU1KVCache, blocks: Sequence[Block]) -> RobustU1KVCache:
+        """Appends one block per sequence (text, ViT image or clean VAE image) to a context cache.
+
+        Example:
+
+        ```python
+        >>> cache = model.new_cache(1)
+        >>> model.prefill(cache, [VaeImageBlock(*model.latent_to_tokens(latent))])
+        >>> model.prefill(cache, [VitImageBlock(vit_pixels)])
+        >>> model.prefill(cache, [TextBlock(prompt_ids)])
+        ```
+        """
+        self.run_blocks(cache, blocks, update_cache=True)
+        return cache
+
+    def predict_velocity(
+        self,
+        cache: RobustU1KVCache,
+        latents: Sequence[torch.Tensor],
+        grids: Sequence[tuple[int, int]],
+        timesteps: Sequence[float] | torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """Flow velocity (ε − x₀ direction) of noisy latent tokens against cached contexts, one per sequence.
+
+        The cache is read, never written: every denoising step reuses the same prefill.
+        """
+        timesteps = torch.as_tensor(timesteps, dtype=torch.float32).flatten().expand(len(latents))
+        blocks = [VaeImageBlock(x, grid, t, noisy=True) for x, grid, t in zip(latents, grids, timesteps)]
+        hidden, _, lengths = self.run_blocks(cache, blocks, update_cache=False)
+        velocities, start = [], 0
+        for x, length in zip(latents, lengths):
+            velocities.append(self.llm2vae(hidden[start + 1 : start + 1 + x.shape[0]]))
+            start += length
+        return velocities
+
+    def next_token_logits(self, cache: RobustU1KVCache, token_ids: torch.Tensor) -> torch.Tensor:
+        """Feeds one token per sequence (appending it to the cache) and returns next-token logits [B, vocab]."""
+        blocks = [TextBlock(token_id.view(1), wrap=False) for token_id in token_ids]
+        hidden, _, _ = self.run_blocks(cache, blocks, update_cache=True)
+        return self.language_model.lm_head(hidden)
+
+    # -- training forward ------------------------------------------------------------------------
+
+    def forward(
+        self,
+        sequence_length: int | torch.Tensor,
+        packed_text_ids: torch.Tensor,
+        packed_text_indexes: torch.Tensor,
+        sample_lens: Sequence[int] | torch.Tensor,
+        packed_position_ids: torch.Tensor,
+        split_lens: Sequence[int] | torch.Tensor,
+        attn_modes: Sequence[str] | torch.Tensor,
+        packed_vit_tokens: torch.Tensor | None = None,
+        packed_vit_token_indexes: torch.Tensor | None = None,
+        packed_vit_position_ids: torch.Tensor | None = None,
+        vit_token_seqlens: torch.Tensor | None = None,
+        padded_images: torch.Tensor | None = None,
+        padded_latent: torch.Tensor | None = None,
+        patchified_vae_latent_shapes: Sequence[tuple[int, int]] | torch.Tensor | None = None,
+        packed_latent_position_ids: torch.Tensor | None = None,
+        packed_vae_token_indexes: torch.Tensor | None = None,
+        packed_timesteps: torch.Tensor | None = None,
+        mse_loss_indexes: torch.Tensor | None = None,
+        ce_loss_indexes: torch.Tensor | None = None,
+        packed_label_ids: torch.Tensor | None = None,
+        ce_loss_weights: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        timestep_shift: float | None = None,
+        ce_weight: float = 1.0,
+        mse_weight: float = 1.0,
+        **kwargs,
+    ) -> RobustU1TrainingOutput:
+        """Packed training forward (the official `Bagel.forward`), returning CE and flow-matching MSE.
+
+        The batch is what `RobustU1PackedCollator` (or the official `PackedDataset`) produces: text,
+        ViT and VAE tokens scattered into one sequence of ``sequence_length`` tokens, split into
+        attention splits (``split_lens`` with ``attn_modes`` 0 causal / 1 full / 2 noise, or the mode
+        names). Raw ``packed_timesteps`` are −inf for clean images and N(0, 1) draws for noisy ones;
+        t = shift·σ(raw)/(1 + (shift−1)·σ(raw)), x_t = (1 − t)·x₀ + t·ε, target ε − x₀.
+        ``loss = ce_weight · mean CE + mse_weight · mean MSE``; CE is weighted by
+        ``ce_loss_weights`` when given.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected inputs for the packed training forward: {sorted(kwargs)}")
+        device = self.device
+        total = int(sequence_length)
+        hidden_size = self.text_config.hidden_size
+        embeds = torch.zeros(total, hidden_size, device=device, dtype=self.dtype)
+        embeds[packed_text_indexes] = self.language_model.model.embed_tokens(packed_text_ids)
+        gen_mask = torch.zeros(total, dtype=torch.bool, device=device)
+
+        if packed_vit_tokens is not None:
+            seqlens = [int(n) for n in torch.as_tensor(vit_token_seqlens).tolist()]
+            embeds[packed_vit_token_indexes] = self.embed_vit_tokens(packed_vit_tokens, packed_vit_position_ids, seqlens)
+
+        velocity_target = None
+        if packed_vae_token_indexes is not None:
+            if padded_latent is None:
+                padded_latent = self.encode_images(padded_images, sample_posterior=True)
+            clean = torch.cat(
+                [
+                    patchify(latent[:, : h * self.config.latent_patch_size, : w * self.config.latent_patch_size], self.config.latent_patch_size)
+                    for latent, (h, w) in zip(padded_latent, torch.as_tensor(patchified_vae_latent_shapes).tolist())
+                ]
+            ).float()
+            noise = torch.randn_like(clean) if noise is None else noise.to(clean)
+            shift = self.config.timestep_shift if timestep_shift is None else timestep_shift
+            t = torch.sigmoid(packed_timesteps.float())
+            t = shift * t / (1 + (shift - 1) * t)
+            x_t = (1 - t[:, None]) * clean + t[:, None] * noise
+            embeds[packed_vae_token_indexes] = self.embed_latent_tokens(x_t, t, packed_latent_position_ids)
+            gen_mask[packed_vae_token_indexes] = True
+            velocity_target = (noise - clean)[t > 0]
+
+        layout = _training_layout(sample_lens, split_lens, attn_modes)
+        hidden = self.language_model.model(
+            embeds, packed_position_ids.to(device), gen_mask, layout, attention_backend=self.attention_backend
+        )
+
+        output = RobustU1TrainingOutput(last_hidden_state=hidden)
+        losses = []
+        if ce_loss_indexes is not None and len(ce_loss_indexes):
+            output.ce_logits = self.language_model.lm_head(hidden[ce_loss_indexes])
+            output.ce = F.cross_entropy(output.ce_logits.float(), packed_label_ids, reduction="none")
+            if ce_loss_weights is None:
+                output.ce_loss = output.ce.mean()
+            else:
+                output.ce_loss = (output.ce * ce_loss_weights).sum() / ce_loss_weights.sum()
+            losses.append(ce_weight * output.ce_loss)
+        if mse_loss_indexes is not None and len(mse_loss_indexes):
+            output.velocity_pred = self.llm2vae(hidden[mse_loss_indexes]).float()
+            output.velocity_target = velocity_target
+            output.mse = (output.velocity_pred - velocity_target) ** 2
+            output.mse_loss = output.mse.mean()
+            losses.append(mse_weight * output.mse_loss)
+        output.loss = sum(losses) if losses else None
+        return output
+
+
+ATTN_MODE_NAMES = {0: "causal", 1: "full", 2: "noise"}
+
+
+def _training_layout(sample_lens, split_lens, attn_modes) -> PackedAttentionLayout:
+    """Per-sample splits of a packed training batch as a `PackedAttentionLayout`."""
+    sample_lens = [int(n) for n in torch.as_tensor(sample_lens).tolist()]
+    split_lens = [int(n) for n in torch.as_tensor(split_lens).tolist()]
+    if isinstance(attn_modes, torch.Tensor):
+        modes = [ATTN_MODE_NAMES[int(m)] for m in attn_modes.tolist()]
+    else:
+        modes = [ATTN_MODE_NAMES.get(m, m) if isinstance(m, int) else m for m in attn_modes]
+    splits_per_sample, index = [], 0
+    for sample_len in sample_lens:
+        count, covered = 0, 0
+        while covered < sample_len:
+            if index >= len(split_lens):
+                raise ValueError("split_lens do not add up to sample_lens.")
+            covered += split_lens[index]
+            index += 1
+            count += 1
+        if covered != sample_len:
+            raise ValueError(f"A sample of {sample_len} tokens does not end on a split boundary.")
+        splits_per_sample.append(count)
+    return PackedAttentionLayout(split_lens, modes, splits_per_sample)
+
+
+__all__ = [
+    "RobustU1ForConditionalGeneration",
+    "RobustU1PreTrainedModel",
+    "RobustU1KVCache",
+    "TextBlock",
+    "VitImageBlock",
+    "VaeImageBlock",
+    "patchify",
+    "unpatchify",
+]

@@ -1,0 +1,94 @@
+"""Interleaved input blocks (text, ViT image, VAE image) and the per-sequence KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+class RobustU1KVCache:
+    """Per-sequence key/value cache of the packed decoder.
+
+    Keys (after k-norm and RoPE) and values are kept per layer and per sequence, ``[len, Hkv, D]``,
+    with each sequence's next RoPE position. Selecting or concatenating sequences shares tensors,
+    so the three guidance contexts of a step, or G rollouts of one image, reuse one prefill.
+
+    Example:
+
+    ```python
+    >>> cache = model.new_cache(batch_size=2)
+    >>> model.prefill(cache, [[TextBlock([5, 6])], [TextBlock([7])]])
+    >>> cache.lengths
+    [4, 3]
+    ```
+    """
+
+    def __init__(self, keys: list[list[torch.Tensor]], values: list[list[torch.Tensor]], next_positions: list[int]):
+        self.keys = keys
+        self.values = values
+        self.next_positions = list(next_positions)
+
+    @classmethod
+    def empty(cls, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, device=None, dtype=None):
+        blank = torch.empty(0, num_kv_heads, head_dim, device=device, dtype=dtype)
+        return cls([[blank] * batch_size for _ in range(num_layers)], [[blank] * batch_size for _ in range(num_layers)], [0] * batch_size)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.next_positions)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [k.shape[0] for k in self.keys[0]]
+
+    def select(self, indices: Sequence[int]) -> RobustU1KVCache:
+        """A cache of the given sequences (repeats allowed), sharing their tensors."""
+        pick = lambda rows: [rows[i] for i in indices]  # noqa: E731
+        return RobustU1KVCache([pick(k) for k in self.keys], [pick(v) for v in self.values], pick(self.next_positions))
+
+    @classmethod
+    def concat(cls, caches: Sequence[RobustU1KVCache]) -> RobustU1KVCache:
+        """The sequences of several caches side by side (one batched forward for all of them)."""
+        layers = range(len(caches[0].keys))
+        keys = [[k for c in caches for k in c.keys[i]] for i in layers]
+        values = [[v for c in caches for v in c.values[i]] for i in layers]
+        return cls(keys, values, [p for c in caches for p in c.next_positions])
+
+    def packed(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer with the sequences stored one after another (the official layout)."""
+        return torch.cat(self.keys[layer]), torch.cat(self.values[layer])
+
+
+@dataclass
+class TextBlock:
+    """Text token ids; ``wrap`` adds ``<|im_start|> … <|im_end|>`` as every BAGEL text piece has."""
+
+    ids: Sequence[int] | torch.Tensor
+    wrap: bool = True
+
+
+@dataclass
+class VitImageBlock:
+    """An image for the understanding path: normalised pixels [3, H, W], H and W multiples of the patch."""
+
+    pixel_values: torch.Tensor
+
+
+@dataclass
+class VaeImageBlock:
+    """Latent tokens of an image for the generation path.
+
+    ``tokens`` are [h·w, p·p·C] patches of the scaled latent on a ``grid`` of h×w tokens; a clean
+    context image has ``timestep=0``; a noisy query (``noisy=True``) is attended bidirectionally,
+    does not advance the RoPE position and is never written to the cache.
+    """
+
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+    timestep: float | torch.Tensor = 0.0
+    noisy: bool = False
+
+
+Block = TextBlock | VitImageBlock | VaeImageBlock
