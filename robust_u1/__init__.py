@@ -1,11 +1,20 @@
 """Robust-U1: BAGEL that recovers corrupted images with its own generator, then answers over both.
 
-Public names are imported lazily so that light sub-packages (``robust_u1.corruptions``,
-``robust_u1.evaluation``) do not pull in the model code.
+Importing the package registers the model with transformers' Auto classes and the ``robust-vqa``
+pipeline; other public names are imported lazily.
+
+Example:
+
+```python
+>>> from robust_u1 import RobustU1ForConditionalGeneration
+>>> model = RobustU1ForConditionalGeneration.from_pretrained("Jiaqi-hkust/Robust-U1", dtype="bfloat16")
+```
 """
 
 from importlib import import_module
 from typing import Any
+
+from . import _registration  # noqa: F401  (Auto classes and the robust-vqa pipeline)
 
 __version__ = "0.1.0"
 
@@ -21,6 +30,11 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "EditContexts": ".generation_robust_u1",
     "GuidanceConfig": ".sampling",
     "RECOVERY_PROMPT": ".generation_robust_u1",
+    "RobustU1Processor": ".processing_robust_u1",
+    "RobustU1ImageProcessor": ".processing_robust_u1",
+    "RobustVQAPipeline": ".pipeline_robust_vqa",
+    "RobustAnswer": ".generation_robust_u1",
+    "tiny_random_model": ".tiny",
     "convert_bagel_checkpoint": ".convert_bagel_weights_to_hf",
 }
 

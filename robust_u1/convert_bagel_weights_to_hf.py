@@ -219,11 +219,21 @@ def convert_bagel_checkpoint(
     model = load_official_checkpoint(folder, dtype=dtype)
     output_dir = Path(output_dir)
     model.save_pretrained(output_dir, max_shard_size=max_shard_size)
-    if (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists():
-        from .processing_robust_u1 import RobustU1Processor
-
-        RobustU1Processor.from_pretrained(folder).save_pretrained(output_dir)
+    processor = official_processor(folder)
+    if processor is not None:
+        processor.save_pretrained(output_dir)
     return output_dir
+
+
+def official_processor(folder: Path):
+    """The processor of an official folder (its Qwen2 tokenizer, BAGEL's transforms), or None without tokenizer files."""
+    if not any((folder / name).exists() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    from .processing_robust_u1 import RobustU1ImageProcessor, RobustU1Processor
+
+    return RobustU1Processor(image_processor=RobustU1ImageProcessor(), tokenizer=AutoTokenizer.from_pretrained(folder))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .packing import RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
+from .evaluation.options import extract_option, final_answer_text, strip_reasoning
+from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
+from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .sampling import GuidanceConfig, euler_step, flow_timesteps, guided_velocity
 
-RECOVERY_PROMPT = "Please restore this corrupted image to its clean version."
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -46,6 +49,26 @@ class EditInputs:
     vae_pixel_values: list[torch.Tensor]
     vit_pixel_values: list[torch.Tensor]
     prompt_ids: list[torch.Tensor]
+
+
+# BAGEL's think-mode system prompt (official inferencer).
+THINK_SYSTEM_PROMPT = (
+    "You should first think about the reasoning process in the mind and then provide the user with the answer. "
+    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
+    "answer here"
+)
+
+
+@dataclass
+class RobustAnswer:
+    """What `answer` returns: the final answer text, the reasoning (think text), the option letter
+    for multiple-choice questions, the recovered image (when recovering) and the raw reply."""
+
+    answer: str
+    reasoning: str | None
+    option: str | None
+    recovered_image: Image.Image | None
+    raw_text: str
 
 
 def _generator_for(generator, index: int):
@@ -189,6 +212,148 @@ class RobustU1GenerationMixin:
         outputs = self._postprocess_latents(x, contexts.grids, output_type)
         return outputs[0] if single else outputs
 
+    # -- text ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: Sequence[Sequence[Any]] | Sequence[Any],
+        processor=None,
+        max_new_tokens: int = 512,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        think: bool = False,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Generates text after interleaved images and texts, BAGEL-style, with a KV cache.
+
+        Args:
+            inputs: one interleaved list, or a batch of them: ``str`` items are text pieces, other
+                items are images (PIL, arrays, tensors, `pathlib.Path`), or already-built blocks
+                (`TextBlock`, `VitImageBlock`). Sequences may differ in structure.
+            max_new_tokens, do_sample, temperature, top_p, top_k: as in transformers' `generate`.
+            think: prepend BAGEL's think system prompt (reasoning inside ``<think>…</think>``).
+
+        Returns:
+            Token ids [B, T] starting after ``<|im_start|>``, each sequence stopped at (and including)
+            ``<|im_end|>`` and right-padded with it. Decode with ``processor.batch_decode``.
+
+        Example:
+
+        ```python
+        >>> ids = model.generate([image, "What is in this picture?"], processor=processor, max_new_tokens=64)
+        >>> processor.batch_decode(ids)[0]
+        ```
+        """
+        if kwargs:
+            raise TypeError(f"Unsupported generate() arguments: {sorted(kwargs)}")
+        processor = processor or self.processor
+        batch = [inputs] if not inputs or not isinstance(inputs[0], (list, tuple)) else list(inputs)
+        sequences = [self._as_blocks(items, processor, think) for items in batch]
+        cache = self.new_cache(len(sequences))
+        for step in range(max(len(blocks) for blocks in sequences)):
+            rows = [i for i, blocks in enumerate(sequences) if step < len(blocks)]
+            sub = cache.select(rows)
+            self.prefill(sub, [sequences[i][step] for i in rows])
+            cache.assign(rows, sub)
+
+        warpers = LogitsProcessorList()
+        if do_sample:
+            if temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(temperature))
+            if top_k:
+                warpers.append(TopKLogitsWarper(top_k))
+            if top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p))
+        eos = self.config.eos_token_id
+        tokens = torch.full((len(sequences),), self.config.bos_token_id, device=self.device)
+        finished = torch.zeros(len(sequences), dtype=torch.bool, device=self.device)
+        generated = []
+        for _ in range(max_new_tokens):
+            logits = self.next_token_logits(cache, tokens).float()
+            if do_sample:
+                probs = warpers(None, logits).softmax(-1)
+                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                tokens = logits.argmax(-1)
+            tokens = torch.where(finished, torch.full_like(tokens, eos), tokens)
+            generated.append(tokens)
+            finished |= tokens == eos
+            if finished.all():
+                break
+        return torch.stack(generated, dim=1)
+
+    def _as_blocks(self, items: Sequence[Any], processor, think: bool) -> list[Block]:
+        blocks: list[Block] = [TextBlock(processor.encode_text(THINK_SYSTEM_PROMPT))] if think else []
+        for item in items:
+            if isinstance(item, (TextBlock, VitImageBlock)):
+                blocks.append(item)
+            elif processor is None:
+                raise ValueError("Text and images need a processor: pass `processor=` or set `model.processor`.")
+            else:
+                blocks.extend(processor.interleaved_blocks([item]))
+        return blocks
+
+    @torch.no_grad()
+    def answer(
+        self,
+        image,
+        question: str,
+        options: Sequence[str] | dict[str, str] | None = None,
+        recover: bool = True,
+        return_recovered: bool = True,
+        think: bool = False,
+        processor=None,
+        max_new_tokens: int = 512,
+        do_sample: bool = False,
+        temperature: float = 0.3,
+        recover_kwargs: dict[str, Any] | None = None,
+        **generate_kwargs,
+    ) -> RobustAnswer:
+        """Robust answering as in the paper: recover I_r from I_c, then answer over [I_c, I_r, Q].
+
+        With ``recover=False`` the model answers from I_c alone (the baseline). Prompts are the
+        official demo's (VLMEvalKit MCQ layout with the recovery instruction).
+
+        Example:
+
+        ```python
+        >>> result = model.answer(corrupted, "What animal is shown?", options=["dog", "cat"])
+        >>> result.option, result.answer
+        ('B', 'B')
+        ```
+        """
+        processor = processor or self.processor
+        if processor is None:
+            raise ValueError("answer() needs a processor (tokenizer): pass `processor=` or set `model.processor`.")
+        image = _as_image_input(image)
+        prompt = (
+            build_mcq_prompt(question, options, recover=recover) if options else build_open_prompt(question, recover=recover)
+        )
+        recovered = None
+        if recover:
+            recovered = self.recover(image, processor=processor, output_type="pil", **(recover_kwargs or {}))
+            items = [image, recovered, prompt]
+        else:
+            items = [image, prompt]
+        ids = self.generate(
+            [items], processor=processor, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, think=think, **generate_kwargs,
+        )  # fmt: skip
+        raw = processor.decode(ids[0])
+        reasoning = raw.split("<think>", 1)[1].split("</think>", 1)[0].strip() if "<think>" in raw else None
+        text = final_answer_text(strip_reasoning(raw)).strip()
+        return RobustAnswer(
+            answer=text,
+            reasoning=reasoning,
+            option=extract_option(raw, options) if options else None,
+            recovered_image=recovered if return_recovered else None,
+            raw_text=raw,
+        )
+
     def _initial_latents(self, grids, latents, generator) -> list[torch.Tensor]:
         dim = self.config.patch_latent_dim
         if latents is not None:
@@ -213,6 +378,13 @@ class RobustU1GenerationMixin:
         if output_type == "np":
             return [u.permute(1, 2, 0).cpu().numpy() for u in unit]
         return [Image.fromarray(to_uint8_image(img)) for img in images]
+
+
+def _as_image_input(image):
+    """File paths given as ``str`` are opened here so that `generate` sees images, never text."""
+    from .processing_robust_u1 import to_rgb_image
+
+    return to_rgb_image(image)
 
 
 def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:

@@ -398,16 +398,24 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16)
         ```
         """
-        from .convert_bagel_weights_to_hf import load_official_checkpoint, resolve_official_checkpoint
+        from .convert_bagel_weights_to_hf import load_official_checkpoint, official_processor, resolve_official_checkpoint
+        from .processing_robust_u1 import RobustU1Processor
 
         official = resolve_official_checkpoint(pretrained_model_name_or_path, **kwargs)
         if official is None:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            try:
+                model.processor = RobustU1Processor.from_pretrained(pretrained_model_name_or_path)
+            except (OSError, ValueError):
+                model.processor = None  # a checkpoint saved without its processor
+            return model
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         device_map = kwargs.pop("device_map", None)
         if device_map is not None and not isinstance(device_map, (str, torch.device)):
             raise ValueError("Official-layout checkpoints load onto one device: pass device_map='cuda' or similar.")
-        return load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
+        model = load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
+        model.processor = official_processor(official)
+        return model
 
     def rebuild_non_persistent_buffers(self, device: str | torch.device = "cpu") -> None:
         """Recomputes buffers that checkpoints do not store (RoPE frequencies) after a meta-device build."""

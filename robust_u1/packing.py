@@ -19,7 +19,7 @@ class RobustU1KVCache:
 
     ```python
     >>> cache = model.new_cache(batch_size=2)
-    >>> model.prefill(cache, [[TextBlock([5, 6])], [TextBlock([7])]])
+    >>> model.prefill(cache, [TextBlock([5, 6]), TextBlock([7])])
     >>> cache.lengths
     [4, 3]
     ```
@@ -55,6 +55,15 @@ class RobustU1KVCache:
         keys = [[k for c in caches for k in c.keys[i]] for i in layers]
         values = [[v for c in caches for v in c.values[i]] for i in layers]
         return cls(keys, values, [p for c in caches for p in c.next_positions])
+
+    def assign(self, indices: Sequence[int], other: RobustU1KVCache) -> None:
+        """Writes the sequences of ``other`` (e.g. an updated `select`) back at ``indices``."""
+        for layer in range(len(self.keys)):
+            for position, row in enumerate(indices):
+                self.keys[layer][row] = other.keys[layer][position]
+                self.values[layer][row] = other.values[layer][position]
+        for position, row in enumerate(indices):
+            self.next_positions[row] = other.next_positions[position]
 
     def packed(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of one layer with the sequences stored one after another (the official layout)."""

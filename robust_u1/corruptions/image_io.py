@@ -27,7 +27,7 @@ PIL modes
     ============================================  =============================================
 numpy
     (H, W) or (H, W, C) with C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA); dtype uint8,
-    uint16 or float16/32/64.
+    uint16 (either byte order), int32 (read as 16-bit, like PIL ``I``) or float16/32/64.
 torch
     (H, W) or (C, H, W) with C as above; dtype uint8, uint16 or any float (bfloat16 included); the
     result is on the input's device.
@@ -48,7 +48,6 @@ Restore = Callable[[np.ndarray], Any]
 _SAME_MODE = {"RGB", "RGBA", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _COLOUR_SPACE_MODES = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 _NORMALISED_MODE = {"1": "L", "PA": "RGBA", "RGBa": "RGBA", "La": "LA"}
-_NUMPY_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 _SIXTEEN_BIT_MAX = 65535
 
 
@@ -77,7 +76,7 @@ def _is_torch_tensor(value: Any) -> bool:
 
 
 def _numpy_to_rgb(array: np.ndarray) -> tuple[np.ndarray, Restore]:
-    if not any(array.dtype == dtype for dtype in _NUMPY_DTYPES) and array.dtype != np.int32:
+    if not _is_supported_dtype(array.dtype):
         raise TypeError(
             f"unsupported array dtype {array.dtype}; use uint8 (0-255), uint16 (0-65535) or "
             "float (0-1), e.g. array.astype(np.uint8)"
@@ -106,6 +105,15 @@ def _numpy_to_rgb(array: np.ndarray) -> tuple[np.ndarray, Restore]:
         return restored.reshape(array.shape)
 
     return rgb, restore
+
+
+def _is_supported_dtype(dtype: np.dtype) -> bool:
+    # Either byte order: PIL's I;16B arrays are big-endian uint16. int32 is PIL's "I" mode.
+    return (
+        (dtype.kind == "u" and dtype.itemsize in (1, 2))
+        or (dtype.kind == "f" and dtype.itemsize in (2, 4, 8))
+        or (dtype.kind == "i" and dtype.itemsize == 4)
+    )
 
 
 def _scale_to_uint8(values: np.ndarray) -> np.ndarray:

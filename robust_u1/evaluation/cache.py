@@ -24,8 +24,8 @@ class JsonlCache:
     """A dict-like view of an append-only JSONL file of ``{"key": …, "value": …}`` lines.
 
     Each :meth:`put` appends one line and flushes it, so at most the line being written when the
-    process dies is lost; a truncated last line is ignored on reload. ``path=None`` keeps everything
-    in memory.
+    process dies is lost; such a truncated line is skipped (with a warning) on reload and the next
+    write starts on a fresh line. ``path=None`` keeps everything in memory.
 
     Example:
         >>> cache = JsonlCache(None)
@@ -42,18 +42,19 @@ class JsonlCache:
 
     @staticmethod
     def _read(path: Path) -> Iterator[tuple[str, Any]]:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
+        unreadable = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 continue
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                if number == len(lines):
-                    warnings.warn(f"Ignoring a truncated last line in {path} (interrupted write).", stacklevel=3)
-                    continue
-                raise ValueError(f"{path}:{number} is not valid JSON; the cache file is corrupted.") from None
+                # Only an interrupted write produces a partial line; its item is simply redone.
+                unreadable += 1
+                continue
             yield entry["key"], entry["value"]
+        if unreadable:
+            warnings.warn(f"Ignoring {unreadable} truncated line(s) in {path} (interrupted writes).", stacklevel=4)
 
     def __contains__(self, key: str) -> bool:
         return key in self._entries

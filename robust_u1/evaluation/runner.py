@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -170,9 +170,3 @@ def evaluate_benchmark(
 def _case_key(benchmark: Benchmark, case: EvalCase, seed: int) -> str:
     return cache_key(benchmark.name, case.item_id, case.level, case.mode, seed)
 
-
-def iter_records(results: Sequence[BenchmarkResults]) -> Iterator[dict[str, Any]]:
-    """All per-item records of several results, tagged with the model name."""
-    for result in results:
-        for record in result.records:
-            yield {"model_name": result.model_name, **record}

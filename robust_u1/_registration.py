@@ -1,0 +1,18 @@
+"""Registers Robust-U1 with transformers' Auto classes and the ``robust-vqa`` pipeline task."""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .configuration_robust_u1 import RobustU1Config
+from .modeling_robust_u1 import RobustU1ForConditionalGeneration
+from .pipeline_robust_vqa import RobustVQAPipeline
+from .processing_robust_u1 import RobustU1ImageProcessor, RobustU1Processor
+
+AutoConfig.register(RobustU1Config.model_type, RobustU1Config, exist_ok=True)
+AutoModel.register(RobustU1Config, RobustU1ForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(RobustU1Config, RobustU1ForConditionalGeneration, exist_ok=True)
+AutoImageProcessor.register(RobustU1Config, slow_image_processor_class=RobustU1ImageProcessor, exist_ok=True)
+AutoProcessor.register(RobustU1Config, RobustU1Processor, exist_ok=True)
+PIPELINE_REGISTRY.register_pipeline(
+    "robust-vqa", pipeline_class=RobustVQAPipeline, pt_model=RobustU1ForConditionalGeneration, type="multimodal"
+)

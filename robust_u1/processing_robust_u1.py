@@ -1,0 +1,228 @@
+"""Processor of Robust-U1 / BAGEL: the Qwen2 tokenizer and BAGEL's two image transforms.
+
+Image input rule (any source → RGB uint8, documented once here):
+
+- PIL images: modes with alpha (RGBA, LA, PA, P with transparency) are composited on white, as
+  BAGEL's ``pil_img2rgb`` does; 16/32-bit integer and float modes (I;16, I, F) are rescaled from their
+  value range to 8 bits; every other mode (L, P, CMYK, YCbCr, …) goes through ``Image.convert("RGB")``.
+- numpy arrays: HW (grayscale), HWC with 1, 3 or 4 channels; uint8 as is, floats in [0, 1].
+- torch tensors: CHW (or HW) with 1, 3 or 4 channels; uint8 as is, floats in [0, 1].
+- ``str`` / ``Path``: an image file, opened with PIL (a missing, truncated or non-image file is a
+  `ValueError` naming the file).
+
+Every size is processed: the resize rule scales the image so its long side is at most ``max_size``
+and its short side at least ``min_size`` (long side wins), sides rounded to the stride. Extreme aspect
+ratios therefore keep one side at the stride (e.g. 15×900 → 16×1024 for the VAE).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+from transformers import BatchFeature, ProcessorMixin
+from transformers.image_processing_utils import BaseImageProcessor
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
+
+
+def to_rgb_image(image: ImageInput) -> Image.Image:
+    """Any supported image input → an RGB PIL image (see the module docstring for the rule).
+
+    Example:
+
+    ```python
+    >>> to_rgb_image(np.zeros((4, 5), dtype=np.uint8)).size
+    (5, 4)
+    ```
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return to_rgb_image(_open_image(Path(image)))
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.dim() == 3:
+            array = array.permute(1, 2, 0)
+        return to_rgb_image(array.numpy())
+    if isinstance(image, np.ndarray):
+        array = _array_to_uint8(image)
+        if array.ndim == 3 and array.shape[-1] == 4:
+            return _composite_on_white(Image.fromarray(array, "RGBA"))
+        return Image.fromarray(array).convert("RGB")
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"Unsupported image type {type(image).__name__}: pass a PIL image, a numpy array, a torch tensor or a file path."
+        )
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"Empty image of size {image.size}.")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        return _composite_on_white(image.convert("RGBA"))
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def _open_image(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise ValueError(f"Image file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot read {path} as an image ({error}); is it a complete image file?") from error
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"Unsupported image array shape {array.shape}: expected HW, HWC or CHW with 1, 3 or 4 channels.")
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    raise ValueError(f"Unsupported image array dtype {array.dtype}: use uint8 or floats in [0, 1].")
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def resized_size(width: int, height: int, max_size: int, min_size: int, stride: int, max_pixels: int) -> tuple[int, int]:
+    """BAGEL's ``MaxLongEdgeMinShortEdgeResize`` target (width, height)."""
+
+    def apply(w, h, s):
+        return tuple(max(stride, int(round(round(v * s) / stride) * stride)) for v in (w, h))
+
+    scale = max(min(max_size / max(width, height), 1.0), min_size / min(width, height))
+    new_w, new_h = apply(width, height, scale)
+    if new_w * new_h > max_pixels:
+        new_w, new_h = apply(new_w, new_h, max_pixels / (new_w * new_h))
+    if max(new_w, new_h) > max_size:
+        new_w, new_h = apply(new_w, new_h, max_size / max(new_w, new_h))
+    return new_w, new_h
+
+
+class RobustU1ImageProcessor(BaseImageProcessor):
+    """BAGEL's VAE and ViT image transforms.
+
+    VAE side: long ≤ ``vae_max_size`` (1024), short ≥ ``vae_min_size`` (512), multiples of
+    ``vae_stride`` (16); ViT side: long ≤ 980, short ≥ 224, multiples of 14; both normalised with
+    mean = std = 0.5 to [-1, 1], bicubic antialiased resizes.
+
+    Example:
+
+    ```python
+    >>> processor = RobustU1ImageProcessor()
+    >>> vae, vit = processor.edit_pixel_values([Image.new("RGB", (640, 480))])
+    >>> vae[0].shape, vit[0].shape
+    (torch.Size([3, 512, 688]), torch.Size([3, 504, 686]))
+    ```
+    """
+
+    model_input_names = ["pixel_values"]
+
+    def __init__(
+        self,
+        vae_max_size: int = 1024,
+        vae_min_size: int = 512,
+        vae_stride: int = 16,
+        vae_max_pixels: int = 2048 * 2048,
+        vit_max_size: int = 980,
+        vit_min_size: int = 224,
+        vit_stride: int = 14,
+        vit_max_pixels: int = 14 * 14 * 9 * 1024,
+        image_mean: float = 0.5,
+        image_std: float = 0.5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vae_max_size, self.vae_min_size, self.vae_stride, self.vae_max_pixels = vae_max_size, vae_min_size, vae_stride, vae_max_pixels
+        self.vit_max_size, self.vit_min_size, self.vit_stride, self.vit_max_pixels = vit_max_size, vit_min_size, vit_stride, vit_max_pixels
+        self.image_mean, self.image_std = image_mean, image_std
+
+    def resize(self, image: Image.Image, kind: str) -> Image.Image:
+        """Resizes an RGB image with the ``vae`` or ``vit`` rule."""
+        bounds = {
+            "vae": (self.vae_max_size, self.vae_min_size, self.vae_stride, self.vae_max_pixels),
+            "vit": (self.vit_max_size, self.vit_min_size, self.vit_stride, self.vit_max_pixels),
+        }[kind]
+        width, height = resized_size(image.width, image.height, *bounds)
+        return TF.resize(image, [height, width], InterpolationMode.BICUBIC, antialias=True)
+
+    def normalize_image(self, image: Image.Image) -> torch.Tensor:
+        return (TF.to_tensor(image) - self.image_mean) / self.image_std
+
+    def vae_pixel_values(self, image: ImageInput) -> torch.Tensor:
+        return self.normalize_image(self.resize(to_rgb_image(image), "vae"))
+
+    def vit_pixel_values(self, image: ImageInput) -> torch.Tensor:
+        return self.normalize_image(self.resize(to_rgb_image(image), "vit"))
+
+    def edit_pixel_values(self, images: Sequence[ImageInput]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """VAE and ViT pixels of images to edit: the official inference first applies the VAE resize
+        and then both transforms to that resized image, so the ViT input depends on both rules."""
+        vae, vit = [], []
+        for image in images:
+            resized = self.resize(to_rgb_image(image), "vae")
+            vae.append(self.normalize_image(resized))
+            vit.append(self.normalize_image(self.resize(resized, "vit")))
+        return vae, vit
+
+    def preprocess(self, images, **kwargs) -> BatchFeature:
+        """ViT pixel values of images (understanding input), as a list since sizes differ."""
+        images = images if isinstance(images, (list, tuple)) else [images]
+        return BatchFeature({"pixel_values": [self.vit_pixel_values(image) for image in images]})
+
+
+class RobustU1Processor(ProcessorMixin):
+    """Tokenizer + image transforms of Robust-U1, and the builder of interleaved inputs.
+
+    Example:
+
+    ```python
+    >>> processor = RobustU1Processor.from_pretrained("Jiaqi-hkust/Robust-U1")
+    >>> ids = processor.encode_text("Please restore this corrupted image to its clean version.")
+    ```
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    def encode_text(self, text: str) -> torch.Tensor:
+        """Token ids of a text piece without the ``<|im_start|>``/``<|im_end|>`` wrapper the model adds."""
+        return torch.tensor(self.tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
+
+    def interleaved_blocks(self, items: Sequence[str | ImageInput]) -> list[Any]:
+        """Turns an interleaved list of texts and images into understanding blocks.
+
+        Each ``str`` is a text piece (wrapped in ``<|im_start|>…<|im_end|>`` by the model); every
+        other item is an image (PIL, array, tensor or `pathlib.Path`) and enters through the ViT, as
+        in BAGEL's understanding path.
+        """
+        from .packing import TextBlock, VitImageBlock
+
+        return [
+            TextBlock(self.encode_text(item)) if isinstance(item, str) else VitImageBlock(self.image_processor.vit_pixel_values(item))
+            for item in items
+        ]
+
+    def batch_decode(self, sequences, **kwargs) -> list[str]:
+        kwargs.setdefault("skip_special_tokens", True)
+        return self.tokenizer.batch_decode(sequences, **kwargs)
+
+    def decode(self, token_ids, **kwargs) -> str:
+        kwargs.setdefault("skip_special_tokens", True)
+        return self.tokenizer.decode(token_ids, **kwargs)
+
+
+__all__ = ["RobustU1ImageProcessor", "RobustU1Processor", "to_rgb_image"]
