@@ -35,6 +35,9 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "RobustVQAPipeline": ".pipeline_robust_vqa",
     "RobustAnswer": ".generation_robust_u1",
     "tiny_random_model": ".tiny",
+    "FlowMatchingConfig": ".trainers",
+    "FlowMatchingTrainer": ".trainers",
+    "generation_lora_config": ".trainers",
     "convert_bagel_checkpoint": ".convert_bagel_weights_to_hf",
 }
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import datasets
@@ -21,6 +22,7 @@ from robust_u1.evaluation import (
     rbench_table,
     write_report,
 )
+from robust_u1.evaluation.options import final_answer_text
 from robust_u1.evaluation.prompts import RECOVERY_PROMPT
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -145,7 +147,14 @@ def test_loaders_normalise_each_format(benchmarks):
 def test_mcq_benchmarks_end_to_end(benchmarks, tmp_path):
     answerer = ColorAnswerer()
     results = [
-        evaluate_benchmark(bench, answerer, degrade=degrade, cache_path=tmp_path / f"{bench.name}.jsonl", model_name="stub", progress=False)
+        evaluate_benchmark(
+            bench,
+            answerer,
+            degrade=degrade,
+            cache_path=tmp_path / f"{bench.name}.jsonl",
+            model_name="stub",
+            progress=False,
+        )
         for bench in benchmarks
     ]
     # 10 items × (4 baseline levels + 4 recover levels + 1 clean oracle).
@@ -170,7 +179,10 @@ def test_mcq_benchmarks_end_to_end(benchmarks, tmp_path):
     assert table.splitlines()[0] == (
         "| Method | MMMB clean/25%/50%/100% | MMStar clean/25%/50%/100% | RealWorldQA clean/25%/50%/100% |"
     )
-    assert "| stub (baseline) | 75.00/75.00/75.00/25.00 | 100.00/100.00/100.00/33.33 | 100.00/100.00/100.00/0.00 |" in table
+    assert (
+        "| stub (baseline) | 75.00/75.00/75.00/25.00 | 100.00/100.00/100.00/33.33 | 100.00/100.00/100.00/0.00 |"
+        in table
+    )
     assert "| stub (oracle) | 75.00/–/–/– |" in table
 
     written = write_report(results, tmp_path / "report")
@@ -215,7 +227,9 @@ def test_a_crashed_run_resumes_without_redoing_finished_items(benchmarks, tmp_pa
     resumed = evaluate_benchmark(mmmb, resumed_answerer, degrade=degrade, cache_path=cache, progress=False)
     assert len(resumed_answerer.calls) == 4 * 9 - 13
 
-    uninterrupted = evaluate_benchmark(mmmb, ColorAnswerer(), degrade=degrade, cache_path=tmp_path / "fresh.jsonl", progress=False)
+    uninterrupted = evaluate_benchmark(
+        mmmb, ColorAnswerer(), degrade=degrade, cache_path=tmp_path / "fresh.jsonl", progress=False
+    )
     assert resumed.records == uninterrupted.records
     assert resumed.metrics == uninterrupted.metrics
 
@@ -241,7 +255,15 @@ def test_pre_degraded_dataset_uses_its_level_column(tmp_path):
     for item_id, color, answer in [("a", "red", "A"), ("b", "green", "B")]:
         for level in (0, 100):
             image = solid(color) if level == 0 else degrade(solid(color), level, seed=7)
-            rows.append({"id": item_id, "question": "Color?\nA. red\nB. green", "answer": answer, "level": level, "image": image})
+            rows.append(
+                {
+                    "id": item_id,
+                    "question": "Color?\nA. red\nB. green",
+                    "answer": answer,
+                    "level": level,
+                    "image": image,
+                }
+            )
     bench = load_mcq_benchmark(datasets.Dataset.from_list(rows), name="predegraded")
     answerer = ColorAnswerer()
     results = evaluate_benchmark(bench, answerer, progress=False)
@@ -268,9 +290,11 @@ class ColorWordJudge:
 
     def __init__(self):
         self.calls = 0
+        self._lock = threading.Lock()  # the benchmark judges concurrently
 
     def score(self, task, question, choices, reference, response):
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         if task == "MCQ":
             return ExactMatchJudge().score(task, question, choices, reference, response)
         references = [reference] if isinstance(reference, str) else reference
@@ -312,15 +336,23 @@ def test_rbench_end_to_end_absolute_and_relative(rbench_dataset, tmp_path):
     assert results.metrics["oracle"]["absolute_overall"] == pytest.approx(5 / 6)
     assert "relative" not in results.metrics["oracle"]
 
-    # 18 truth + 12 consistency judgements, of which identical (reference, reply) pairs are judged once.
-    oracle_reply = {r["item_id"]: r["response"] for r in results.records if r["mode"] == "oracle"}
-    pairs = {(r["item_id"], str(r["answer"]), r["response"]) for r in results.records}
-    pairs |= {(r["item_id"], oracle_reply[r["item_id"]], r["response"]) for r in results.records if r["mode"] != "oracle"}
+    # 18 truth + 12 consistency judgements of final answers; identical (reference, answer) pairs are judged once.
+    final = {(r["item_id"], r["mode"]): final_answer_text(r["response"]) for r in results.records}
+    pairs = {
+        (item, str(r["answer"]), final[item, mode]) for (item, mode), r in zip(final, results.records, strict=True)
+    }
+    pairs |= {(item, final[item, "oracle"], answer) for (item, mode), answer in final.items() if mode != "oracle"}
     assert judge.calls == len(pairs) < 30
     # A rerun reads answers and scores from the caches.
     assert cache.with_suffix(".judge.jsonl").exists()
     rerun_judge = ColorWordJudge()
-    rerun = evaluate_benchmark(load_rbench(rerun_judge, rbench_dataset), ColorAnswerer(fail_after=0), cache_path=cache, model_name="stub", progress=False)
+    rerun = evaluate_benchmark(
+        load_rbench(rerun_judge, rbench_dataset),
+        ColorAnswerer(fail_after=0),
+        cache_path=cache,
+        model_name="stub",
+        progress=False,
+    )
     assert rerun_judge.calls == 0 and rerun.metrics == results.metrics
 
     table = rbench_table([results])
@@ -348,3 +380,35 @@ def test_exact_match_judge_is_limited_to_mcq(rbench_dataset):
     with pytest.raises(ValueError, match="only scores MCQ"):
         ExactMatchJudge().score("VQA", "q", None, "red", "red")
     assert isinstance(mcq_only, RBenchBenchmark)
+
+
+class FlakyJudge(ColorWordJudge):
+    def __init__(self, fail_after):
+        super().__init__()
+        self.fail_after = fail_after
+
+    def score(self, task, question, choices, reference, response):
+        if self.calls == self.fail_after:
+            raise ConnectionError("judge endpoint went away")
+        return super().score(task, question, choices, reference, response)
+
+
+def test_judging_resumes_after_a_judge_failure(rbench_dataset, tmp_path):
+    cache = tmp_path / "rbench.jsonl"
+    flaky = FlakyJudge(fail_after=5)
+    with pytest.raises(ConnectionError):
+        evaluate_benchmark(
+            load_rbench(flaky, rbench_dataset, judge_workers=1), ColorAnswerer(), cache_path=cache, progress=False
+        )
+    assert len(cache.with_suffix(".judge.jsonl").read_text().splitlines()) == 5
+
+    healthy = ColorWordJudge()
+    resumed = evaluate_benchmark(
+        load_rbench(healthy, rbench_dataset), ColorAnswerer(fail_after=0), cache_path=cache, progress=False
+    )
+    fresh_judge = ColorWordJudge()
+    fresh = evaluate_benchmark(
+        load_rbench(fresh_judge, rbench_dataset), ColorAnswerer(), cache_path=tmp_path / "fresh.jsonl", progress=False
+    )
+    assert healthy.calls == fresh_judge.calls - 5
+    assert resumed.metrics == fresh.metrics

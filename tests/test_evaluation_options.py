@@ -55,8 +55,7 @@ def test_reasoning_is_stripped_before_looking_for_the_answer():
 def test_mcq_prompts_match_the_official_demo_layout():
     options = {"A": "dog", "B": "cat"}
     assert build_mcq_prompt("What is shown?", options) == (
-        "Question: What is shown?\nOptions:\nA. dog\nB. cat\n"
-        "Please select the correct answer from the options above.\n"
+        "Question: What is shown?\nOptions:\nA. dog\nB. cat\nPlease select the correct answer from the options above.\n"
     )
     assert build_mcq_prompt("What is shown?", options, recover=True) == (
         "Question: What is shown?\nOptions:\nA. dog\nB. cat\n"

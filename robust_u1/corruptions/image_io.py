@@ -36,13 +36,12 @@ torch
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
-ImageT = TypeVar("ImageT")
 Restore = Callable[[np.ndarray], Any]
 
 _SAME_MODE = {"RGB", "RGBA", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}

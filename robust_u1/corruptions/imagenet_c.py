@@ -14,6 +14,7 @@ from a local ``RandomState`` with the same seed, which yields the same stream.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import cv2
@@ -41,7 +42,9 @@ _TAKES_SEED_ARGUMENT = {"impulse_noise", "glass_blur"}
 
 # glass_blur's numba kernel costs ~2.5 s to compile in every new process; caching the compiled
 # code on disk turns that into a one-off cost. The compiled code, and so the output, is unchanged.
-package._shuffle_pixels_njit_glass_blur.enable_caching()
+# Without a writable cache location numba raises RuntimeError: then it compiles per process.
+with contextlib.suppress(RuntimeError):
+    package._shuffle_pixels_njit_glass_blur.enable_caching()
 
 CorruptionFunction = Callable[[np.ndarray, int, int], np.ndarray]
 
@@ -96,7 +99,7 @@ def _centre_zoom(image: np.ndarray, factor: float) -> np.ndarray:
     for axis, size in enumerate((height, width)):
         crop = int(np.ceil(size / factor))
         start = (size - crop) // 2
-        zoomed = int(round(crop * factor))
+        zoomed = round(crop * factor)
         row = 1 - axis  # warpAffine's first row maps x (width), the second y (height)
         affine[row, row] = (crop - 1) / (zoomed - 1)
         affine[row, 2] = start
@@ -175,10 +178,13 @@ def elastic_transform(rgb: np.ndarray, severity: int, seed: int) -> np.ndarray:
         for _ in range(2)
     ]
     dx, dy = (
-        _gaussian(field, sigma_y, sigma_x, truncate=3, border=cv2.BORDER_REFLECT) * np.float32(alpha)
+        _gaussian(field, sigma_y, sigma_x, truncate=3, border=cv2.BORDER_REFLECT)
+        * np.float32(alpha)
         for field in displacement
     )
-    columns, rows = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    columns, rows = np.meshgrid(
+        np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
+    )
     warped = cv2.remap(
         image, columns + dx, rows + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
     )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from numbers import Real
-from typing import Any, TypeVar, Union, overload
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -28,8 +28,8 @@ from .levels import LEVELS, parse_level
 from .seeding import SeedLike, as_generator, draw_seed
 
 ImageT = TypeVar("ImageT")
-Strength = Union[int, float]
-StrengthSpec = Union[int, float, str]
+Strength = int | float
+StrengthSpec = int | float | str
 
 IMAGENET_C = "imagenet_c"
 ROBUST_R1 = "robust_r1"
@@ -71,21 +71,23 @@ def _build_registry() -> dict[str, Corruption]:
     return {entry.qualified_name: entry for entry in entries}
 
 
-_REGISTRY: dict[str, Corruption] = _build_registry()
-_BY_SHORT_NAME: dict[str, list[str]] = {
-    short: [q for q, e in _REGISTRY.items() if e.name == short]
-    for short in dict.fromkeys(e.name for e in _REGISTRY.values())
-}
+def _index(
+    registry: dict[str, Corruption], key_of: Callable[[Corruption], list[str]]
+) -> dict[str, tuple[str, ...]]:
+    """Qualified names grouped under each key that ``key_of`` gives a corruption."""
+    index: dict[str, list[str]] = {}
+    for qualified, entry in registry.items():
+        for key in key_of(entry):
+            index.setdefault(key, []).append(qualified)
+    return {key: tuple(names) for key, names in index.items()}
 
-# Selectors usable wherever several corruptions are asked for (RandomCorruption, dataset builders).
+
+_REGISTRY: dict[str, Corruption] = _build_registry()
+_BY_SHORT_NAME = _index(_REGISTRY, lambda entry: [entry.name])
+# Selectors usable wherever several corruptions are asked for (RandomCorruption, dataset builders):
+# a family, a family/group (imagenet_c/noise, robust_r1/capture, ...) or imagenet_c/common.
 SELECTORS: dict[str, tuple[str, ...]] = {
-    **{family: tuple(q for q, e in _REGISTRY.items() if e.family == family) for family in FAMILIES},
-    **{
-        f"{e.family}/{e.group}": tuple(
-            q for q, other in _REGISTRY.items() if (other.family, other.group) == (e.family, e.group)
-        )
-        for e in _REGISTRY.values()
-    },
+    **_index(_REGISTRY, lambda entry: [entry.family, f"{entry.family}/{entry.group}"]),
     f"{IMAGENET_C}/common": tuple(f"{IMAGENET_C}/{name}" for name in imagenet_c.COMMON),
 }
 
@@ -105,12 +107,11 @@ def list_corruptions(family: str | None = None) -> dict[str, list[str]] | list[s
         >>> len(list_corruptions()["imagenet_c"]), list_corruptions("robust_r1")[0]
         (19, 'robust_r1/lens_blur')
     """
-    by_family = {f: [q for q, e in _REGISTRY.items() if e.family == f] for f in FAMILIES}
     if family is None:
-        return by_family
-    if family not in by_family:
+        return {name: list(SELECTORS[name]) for name in FAMILIES}
+    if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; use one of {list(FAMILIES)}")
-    return by_family[family]
+    return list(SELECTORS[family])
 
 
 def get_corruption(name: str) -> Corruption:
@@ -120,9 +121,7 @@ def get_corruption(name: str) -> Corruption:
         >>> get_corruption("zoom_blur").qualified_name
         'imagenet_c/zoom_blur'
     """
-    if not isinstance(name, str):
-        raise TypeError(f"corruption name must be a str; got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_")
+    key = _normalise_name(name)
     if key in _REGISTRY:
         return _REGISTRY[key]
     candidates = _BY_SHORT_NAME.get(key, [])
@@ -141,8 +140,16 @@ def get_corruption(name: str) -> Corruption:
     )
 
 
+def _normalise_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"corruption name must be a str; got {type(name).__name__}")
+    return name.strip().lower().replace("-", "_")
+
+
 def resolve_strength(
-    corruption: Corruption, severity: StrengthSpec | None = None, intensity: StrengthSpec | None = None
+    corruption: Corruption,
+    severity: StrengthSpec | None = None,
+    intensity: StrengthSpec | None = None,
 ) -> Strength:
     """The numeric strength for ``corruption``: an ImageNet-C severity or a Robust-R1 intensity.
 
@@ -292,8 +299,7 @@ def expand_names(names: str | Sequence[str] | None) -> tuple[str, ...]:
         names = [names]
     expanded: dict[str, None] = {}
     for name in names:
-        key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
-        selected = SELECTORS.get(key) or (get_corruption(name).qualified_name,)
+        selected = SELECTORS.get(_normalise_name(name)) or (get_corruption(name).qualified_name,)
         expanded.update(dict.fromkeys(selected))
     if not expanded:
         raise ValueError("names is empty; give at least one corruption, family or selector")
@@ -356,16 +362,18 @@ class RandomCorruption:
     ) -> None:
         self.names = expand_names(names)
         specs = None if severities is None else [_check_strength_spec(s) for s in severities]
-        self._strengths: dict[str, tuple[Strength, ...]] = {}
+        self.strengths: dict[str, tuple[Strength, ...]] = {}
         for qualified in self.names:
             corruption = _REGISTRY[qualified]
-            options = corruption.default_strengths if specs is None else strengths_for(corruption, specs)
+            options = (
+                corruption.default_strengths if specs is None else strengths_for(corruption, specs)
+            )
             if not options:
                 raise ValueError(
                     f"none of severities={list(severities or [])} applies to {qualified}, "
                     f"which takes {_strength_help(corruption)}"
                 )
-            self._strengths[qualified] = options
+            self.strengths[qualified] = options
         self.probabilities = _normalise_weights(self.names, weights)
         self._rng = as_generator(seed)
         self.last_record: CorruptionRecord | None = None
@@ -374,7 +382,7 @@ class RandomCorruption:
         """Draw a corruption, strength and seed (from ``rng`` if given, else the own generator)."""
         rng = self._rng if rng is None else as_generator(rng)
         name = self.names[rng.choice(len(self.names), p=self.probabilities)]
-        options = self._strengths[name]
+        options = self.strengths[name]
         return CorruptionRecord(name, options[rng.integers(len(options))], draw_seed(rng))
 
     def apply(self, image: ImageT) -> tuple[ImageT, CorruptionRecord]:
@@ -387,7 +395,7 @@ class RandomCorruption:
         return corrupted
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(names={list(self.names)}, strengths={self._strengths})"
+        return f"{type(self).__name__}(names={list(self.names)}, strengths={self.strengths})"
 
 
 def _normalise_weights(

@@ -10,11 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Union
 
 import numpy as np
 
-SeedLike = Union[int, np.integer, np.random.Generator, np.random.SeedSequence, None]
+SeedLike = int | np.integer | np.random.Generator | np.random.SeedSequence | None
 
 # Seeds handed to imagecorruptions (numpy's legacy seeding and numba) must fit in 32 bits.
 SEED_BOUND = 2**32
@@ -45,6 +44,21 @@ def as_generator(seed: SeedLike) -> np.random.Generator:
     if isinstance(seed, (int, np.integer)) and seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed}")
     return np.random.default_rng(seed)
+
+
+def as_int_seed(seed: SeedLike) -> int:
+    """An int seed as is (after validation); any other seed-like draws one.
+
+    Builders that derive per-example seeds from (seed, index) need an int to start from.
+
+    Example:
+        >>> as_int_seed(7), as_int_seed(np.random.default_rng(0)) == as_int_seed(np.random.default_rng(0))
+        (7, True)
+    """
+    generator = as_generator(seed)  # validates
+    if isinstance(seed, (int, np.integer)):
+        return int(seed)
+    return draw_seed(generator)
 
 
 def draw_seed(rng: np.random.Generator) -> int:

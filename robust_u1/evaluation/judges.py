@@ -102,6 +102,8 @@ class ChatJudge(abc.ABC):
     """A judge backed by a text-completion function; subclasses implement :meth:`complete`."""
 
     tasks: tuple[RBenchTask, ...] = RBENCH_TASKS
+    max_concurrency: int | None = None
+    """How many :meth:`complete` calls may run at once (``None``: no limit)."""
 
     def __init__(self, repeats: int = 5) -> None:
         if repeats < 1:
@@ -134,7 +136,9 @@ class ChatJudge(abc.ABC):
             if not reference:
                 raise ValueError("A CAP item needs at least one reference caption.")
             total = sum(
-                parse_judge_score(self.complete(CAP_JUDGE_PROMPT.format(reference=caption, response=response)), (0, 1, 2))
+                parse_judge_score(
+                    self.complete(CAP_JUDGE_PROMPT.format(reference=caption, response=response)), (0, 1, 2)
+                )
                 for caption in reference
             )
             return total / (2 * len(reference))
@@ -217,7 +221,9 @@ class OpenAICompatibleJudge(ChatJudge):
                 last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code >= 400:
-                raise JudgeRequestError(f"{self.url} refused the request: HTTP {response.status_code}: {response.text[:500]}")
+                raise JudgeRequestError(
+                    f"{self.url} refused the request: HTTP {response.status_code}: {response.text[:500]}"
+                )
             try:
                 return response.json()["choices"][0]["message"]["content"] or ""
             except (ValueError, KeyError, IndexError, TypeError) as error:
@@ -236,6 +242,8 @@ class TransformersJudge(ChatJudge):
         >>> judge.complete("Reply with: Score: 1")  # doctest: +SKIP
         'Score: 1'
     """
+
+    max_concurrency = 1  # one model instance: generate calls are serialised
 
     def __init__(
         self,
@@ -261,7 +269,11 @@ class TransformersJudge(ChatJudge):
 
     @property
     def name(self) -> str:
-        source = self._model_or_path if isinstance(self._model_or_path, (str, os.PathLike)) else type(self._model_or_path).__name__
+        source = (
+            self._model_or_path
+            if isinstance(self._model_or_path, (str, os.PathLike))
+            else type(self._model_or_path).__name__
+        )
         return f"transformers:{source}:sample={self.do_sample}:repeats={self.repeats}"
 
     def _load(self) -> tuple[Any, Any]:

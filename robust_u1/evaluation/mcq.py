@@ -34,6 +34,7 @@ from typing import Any
 
 import datasets
 import pandas as pd
+from PIL import Image
 
 from .images import decode_image
 from .options import extract_option, final_answer_text
@@ -109,16 +110,16 @@ class MCQBenchmark:
     """A normalised multiple-choice benchmark, ready for :func:`~robust_u1.evaluation.evaluate_benchmark`.
 
     Example:
-        >>> bench = load_mcq_benchmark("tests/fixtures/eval/mmstar_tiny.parquet", name="MMStar")  # doctest: +SKIP
-        >>> bench.items[0].options  # doctest: +SKIP
-        {'A': 'a red square', 'B': 'a blue circle', 'C': 'a green line', 'D': 'nothing'}
+        >>> bench = load_mcq_benchmark("tests/fixtures/eval/mmmb_tiny.tsv", name="MMMB")  # doctest: +SKIP
+        >>> bench.items[2].options  # doctest: +SKIP
+        {'A': 'red', 'B': 'green', 'C': 'blue'}
     """
 
     kind = "mcq"
 
     def __init__(self, table: datasets.Dataset, name: str) -> None:
         self.name = name
-        self._table = table
+        self._images = table.select_columns(["image"])
         self.items = _normalise_items(table)
         self.has_level_column = any(item.level is not None for item in self.items)
         self._row_by_id_level = {(item.id, item.level): item.row for item in self.items}
@@ -132,11 +133,11 @@ class MCQBenchmark:
             return sorted({item.level for item in self.items if item.level is not None})
         return list(DEGRADATION_LEVELS) if degrade is not None else [0]
 
-    def image(self, row: int) -> Any:
+    def image(self, row: int) -> Image.Image:
         """The decoded image of a table row (following VLMEvalKit's image-by-index references)."""
-        value = self._table[row]["image"]
-        if isinstance(value, str) and value.isdigit() and len(value) < 64 and value in self._row_by_index:
-            value = self._table[self._row_by_index[value]]["image"]
+        value = self._images[row]["image"]
+        if isinstance(value, str) and value.isdigit() and value in self._row_by_index:
+            value = self._images[self._row_by_index[value]]["image"]
         return decode_image(value)
 
     def cases(
@@ -183,13 +184,13 @@ class MCQBenchmark:
         if self.has_level_column and degrade is None:
             row = self._row_by_id_level[(item.id, image_level)]
 
-            def load_image() -> Any:
+            def load_image() -> Image.Image:
                 return self.image(row)
 
         else:
             item_seed = derive_seed(seed, self.name, item.id, image_level)
 
-            def load_image() -> Any:
+            def load_image() -> Image.Image:
                 clean = self.image(item.row)
                 return clean if image_level == 0 else degrade(clean, image_level, item_seed)
 
@@ -213,7 +214,9 @@ class MCQBenchmark:
         self, records: list[dict[str, Any]], *, cache_path: Path | None = None, progress: bool = False
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Score replies (option extraction or exact match) and aggregate accuracy per mode and level."""
-        scored = [{**record, **score_mcq_reply(record["response"], record["options"], record["answer"])} for record in records]
+        scored = [
+            {**record, **score_mcq_reply(record["response"], record["options"], record["answer"])} for record in records
+        ]
         return scored, mcq_metrics(scored)
 
 
@@ -240,7 +243,9 @@ def mcq_metrics(scored_records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ``oracle``, which only runs clean, it is absent). Accuracies are fractions in [0, 1].
     """
     correct: dict[str, dict[Any, list[bool]]] = defaultdict(lambda: defaultdict(list))
-    by_category: dict[str, dict[Any, dict[str, list[bool]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    by_category: dict[str, dict[Any, dict[str, list[bool]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for record in scored_records:
         correct[record["mode"]][record["level"]].append(bool(record["correct"]))
         by_category[record["mode"]][record["level"]][record["category"]].append(bool(record["correct"]))

@@ -83,9 +83,7 @@ def build_open_prompt(question: str, *, recover: bool = False, hint: str | None 
     return "\n".join(lines) + "\n"
 
 
-def build_rbench_prompt(
-    task: RBenchTask, question: str, choices: str | None = None, *, recover: bool = False
-) -> str:
+def build_rbench_prompt(task: RBenchTask, question: str, choices: str | None = None, *, recover: bool = False) -> str:
     """The R-Bench prompt for one item; ``choices`` is the raw choice string (``"A.x; B.y"``) for MCQ.
 
     Example:

@@ -6,7 +6,8 @@ same code evaluates Robust-U1, plain BAGEL, or a stub in the tests.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, Sequence, TypedDict, runtime_checkable
+from collections.abc import Sequence
+from typing import Literal, Protocol, TypedDict, runtime_checkable
 
 from PIL import Image
 
@@ -49,9 +50,7 @@ class Answerer(Protocol):
         True
     """
 
-    def __call__(
-        self, image: Image.Image, question: str, options: dict[str, str] | None, mode: Mode
-    ) -> Answer: ...
+    def __call__(self, image: Image.Image, question: str, options: dict[str, str] | None, mode: Mode) -> Answer: ...
 
 
 @runtime_checkable

@@ -16,6 +16,8 @@ image. Scores, as in the official script's *Show final result* section:
 - **relative**: mean over items of ``com_i × ref_i``, where ``ref_i`` is the oracle (clean-image)
   reply judged against the ground truth and ``com_i`` is the distorted-image reply judged against
   the oracle reply as the reference, i.e. the clean score retained under distortion;
+- the judge sees final answers: ``<think>`` reasoning is removed and an ``<ANSWER>`` tag's content
+  is used when present, for the judged reply and for the oracle reply used as a reference;
 - **Overall** (the paper's column): the mean of the nine task × strength cells (this reproduces the
   paper's 0.5770 for BAGEL and 0.7398 for Robust-U1 from their cells).
 """
@@ -27,6 +29,7 @@ import hashlib
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ from tqdm.auto import tqdm
 from .cache import JsonlCache, cache_key
 from .images import decode_image
 from .judges import RBENCH_TASKS, Judge, RBenchTask
-from .options import parse_choice_string
+from .options import final_answer_text, parse_choice_string
 from .prompts import build_rbench_prompt
 from .protocols import Degrader, Mode
 from .runner import EvalCase, Level
@@ -64,6 +67,9 @@ class RBenchItem:
 class RBenchBenchmark:
     """R-Bench items with a judge, ready for :func:`~robust_u1.evaluation.evaluate_benchmark`.
 
+    Only judge calls not already in the score cache are made, ``judge_workers`` at a time (capped by
+    the judge's ``max_concurrency``, 1 for a local transformers model).
+
     Example:
         >>> bench = load_rbench(judge=OpenAICompatibleJudge("https://api.openai.com/v1", "gpt-4o-mini"))  # doctest: +SKIP
         >>> results = evaluate_benchmark(bench, answer_fn, cache_path="runs/rbench.jsonl")  # doctest: +SKIP
@@ -81,10 +87,12 @@ class RBenchBenchmark:
         name: str = "R-Bench",
         tasks: Sequence[RBenchTask] = RBENCH_TASKS,
         strength_names: Mapping[int, str] = STRENGTH_NAMES,
+        judge_workers: int = 8,
     ) -> None:
         self.name = name
         self.judge = judge
-        self._table = table
+        self.judge_workers = judge_workers
+        self._image_columns = {column: table.select_columns([column]) for column in ("dis_image", "ref_image")}
         self.items = [item for item in _normalise_items(table, strength_names) if item.task in tasks]
         unsupported = sorted({item.task for item in self.items} - set(judge.tasks))
         if unsupported:
@@ -117,7 +125,9 @@ class RBenchBenchmark:
                         mode=mode,
                         prompt=build_rbench_prompt(item.task, item.question, item.choices, recover=mode == "recover"),
                         options=parse_choice_string(item.choices) or None,
-                        load_image=lambda row=item.row, column=image_column: decode_image(self._table[row][column]),
+                        load_image=lambda row=item.row, column=image_column: decode_image(
+                            self._image_columns[column][row][column]
+                        ),
                         image_key=(item.id, image_column),
                         metadata={
                             "task": item.task,
@@ -135,26 +145,51 @@ class RBenchBenchmark:
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """Judge every reply (cached in ``cache_path``) and compute absolute and relative robustness."""
         scores = JsonlCache(cache_path)
+        requests: dict[str, tuple[Any, ...]] = {}
 
-        def judged(record: dict[str, Any], reference: str | list[str]) -> float:
-            key = _score_key(self.judge.name, record, reference)
-            if key not in scores:
-                scores.put(
-                    key,
-                    self.judge.score(record["task"], record["question"], record["choices"], reference, record["response"]),
-                )
-            return scores.get(key)
+        def request(record: Mapping[str, Any], reference: str | list[str]) -> str:
+            response = final_answer_text(record["response"])
+            key = _score_key(self.judge.name, record, reference, response)
+            requests[key] = (record["task"], record["question"], record["choices"], reference, response)
+            return key
 
         oracle_by_item = {record["item_id"]: record for record in records if record["mode"] == "oracle"}
-        scored = []
-        for record in tqdm(records, desc=f"judging {self.name}", disable=not progress, unit="reply"):
-            result = {**record, "score": judged(record, record["answer"])}
+        planned = []
+        for record in records:
             oracle = oracle_by_item.get(record["item_id"])
-            if record["mode"] != "oracle" and oracle is not None:
-                result["consistency"] = judged(record, oracle["response"])
-                result["relative"] = result["consistency"] * judged(oracle, oracle["answer"])
+            if record["mode"] == "oracle" or oracle is None:
+                planned.append((record, request(record, record["answer"]), None, None))
+            else:
+                consistency = request(record, final_answer_text(oracle["response"]))
+                planned.append(
+                    (record, request(record, record["answer"]), consistency, request(oracle, oracle["answer"]))
+                )
+
+        self._judge_missing({key: call for key, call in requests.items() if key not in scores}, scores, progress)
+
+        scored = []
+        for record, truth, consistency, oracle_truth in planned:
+            result = {**record, "score": scores.get(truth)}
+            if consistency is not None:
+                result["consistency"] = scores.get(consistency)
+                result["relative"] = result["consistency"] * scores.get(oracle_truth)
             scored.append(result)
         return scored, rbench_metrics(scored)
+
+    def _judge_missing(self, calls: dict[str, tuple[Any, ...]], scores: JsonlCache, progress: bool) -> None:
+        # Judge calls are network-bound: run them concurrently, caching each score as it arrives.
+        workers = min(self.judge_workers, getattr(self.judge, "max_concurrency", None) or self.judge_workers)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(self.judge.score, *call): key for key, call in calls.items()}
+            try:
+                for future in tqdm(
+                    as_completed(futures), total=len(futures), desc=f"judging {self.name}", disable=not progress
+                ):
+                    scores.put(futures[future], future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
 
 def rbench_metrics(scored_records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -189,6 +224,7 @@ def load_rbench(
     *,
     tasks: Sequence[RBenchTask] = RBENCH_TASKS,
     strength_names: Mapping[int, str] = STRENGTH_NAMES,
+    judge_workers: int = 8,
 ) -> RBenchBenchmark:
     """Load R-Bench from a parquet file (local or ``hf://``) or a dataset, with the judge that will score it.
 
@@ -199,7 +235,7 @@ def load_rbench(
         table = source
     else:
         table = datasets.load_dataset("parquet", data_files=str(source), split="train")
-    return RBenchBenchmark(table, judge, tasks=tasks, strength_names=strength_names)
+    return RBenchBenchmark(table, judge, tasks=tasks, strength_names=strength_names, judge_workers=judge_workers)
 
 
 def _normalise_items(table: datasets.Dataset, strength_names: Mapping[int, str]) -> list[RBenchItem]:
@@ -242,6 +278,6 @@ def _ordered_levels(per_level: Mapping[str, list[float]]) -> list[tuple[str, lis
     return sorted(per_level.items(), key=lambda entry: (order.get(entry[0], len(order)), entry[0]))
 
 
-def _score_key(judge_name: str, record: Mapping[str, Any], reference: str | list[str]) -> str:
-    parts = cache_key(judge_name, record["task"], record["question"], record["choices"], reference, record["response"])
+def _score_key(judge_name: str, record: Mapping[str, Any], reference: str | list[str], response: str) -> str:
+    parts = cache_key(judge_name, record["task"], record["question"], record["choices"], reference, response)
     return hashlib.sha256(parts.encode()).hexdigest()

@@ -3,7 +3,8 @@
 Images are compared as RGB in [0, 1] (``data_range=1``), one image at a time, and averaged over the
 set, as image-restoration papers report them. A recovered image whose size differs from its clean
 reference (BAGEL outputs multiples of 16 px) is resized to the reference size with bicubic
-resampling first. SSIM uses torchmetrics' defaults (Gaussian window 11, σ 1.5). LPIPS uses the
+resampling first. PSNR and SSIM are computed in float64; SSIM uses torchmetrics' defaults
+(Gaussian window 11, σ 1.5). LPIPS uses the
 AlexNet variant by default, on inputs scaled to [-1, 1] (``normalize=True``).
 
 LPIPS needs torchvision's ImageNet backbone weights; torchmetrics ships only LPIPS's linear heads.
@@ -21,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
 from tqdm.auto import tqdm
 
 from .images import decode_image
@@ -120,13 +124,16 @@ def recovery_scores(
         raise ValueError(f"Unknown recovery metrics {sorted(unknown)}; expected a subset of {RECOVERY_METRICS}.")
     lpips = load_lpips(lpips_net, allow_download=allow_download) if "lpips" in metrics else None
     scores: dict[str, list[float]] = {name: [] for name in metrics}
-    for restored_image, reference_image in zip(recovered, references):
+    for restored_image, reference_image in zip(recovered, references, strict=True):
         target = image_to_tensor(reference_image)[None]
         prediction = _match_size(image_to_tensor(restored_image), target.shape[-2:])[None]
+        # float64: float32 SSIM of flat regions is off by ~1e-4 (E[x²] − μ² cancellation).
         if "psnr" in scores:
-            scores["psnr"].append(peak_signal_noise_ratio(prediction, target, data_range=1.0).item())
+            scores["psnr"].append(peak_signal_noise_ratio(prediction.double(), target.double(), data_range=1.0).item())
         if "ssim" in scores:
-            scores["ssim"].append(structural_similarity_index_measure(prediction, target, data_range=1.0).item())
+            scores["ssim"].append(
+                structural_similarity_index_measure(prediction.double(), target.double(), data_range=1.0).item()
+            )
         if lpips is not None:
             with torch.inference_mode():
                 scores["lpips"].append(lpips(prediction, target).item())
@@ -184,9 +191,7 @@ def evaluate_recovery(
         if len(outputs) != len(batch):
             raise ValueError(f"recover_fn returned {len(outputs)} images for a batch of {len(batch)}.")
         recovered.extend(outputs)
-    return recovery_metrics(
-        recovered, clean, metrics=metrics, lpips_net=lpips_net, allow_download=allow_download
-    )
+    return recovery_metrics(recovered, clean, metrics=metrics, lpips_net=lpips_net, allow_download=allow_download)
 
 
 def _match_size(image: torch.Tensor, size: torch.Size) -> torch.Tensor:

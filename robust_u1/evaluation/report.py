@@ -7,7 +7,6 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import EvalResult
 
@@ -18,6 +17,8 @@ from .rbench import RBENCH_SOURCE, STRENGTH_LEVELS
 from .runner import BenchmarkResults, Level
 
 _MISSING = "–"
+_MODE_COLORS = {"baseline": "tab:blue", "recover": "tab:orange", "oracle": "tab:green"}
+_MODEL_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def level_label(level: Level) -> str:
@@ -118,14 +119,17 @@ def category_table(result: BenchmarkResults, *, modes: Sequence[str] | None = No
         >>> print(category_table(mmstar_results))  # doctest: +SKIP
     """
     columns = [
-        (mode, level)
-        for mode in _ordered_modes([result], modes)
-        for level in result.metrics[mode]["per_category"]
+        (mode, level) for mode in _ordered_modes([result], modes) for level in result.metrics[mode]["per_category"]
     ]
-    categories = sorted({category for mode, level in columns for category in result.metrics[mode]["per_category"][level]})
+    categories = sorted(
+        {category for mode, level in columns for category in result.metrics[mode]["per_category"][level]}
+    )
     header = ["Category", *(f"{mode} @ {level_label(level)}" for mode, level in columns)]
     rows = [
-        [category, *(_fmt(result.metrics[mode]["per_category"][level].get(category), 2, scale=100) for mode, level in columns)]
+        [
+            category,
+            *(_fmt(result.metrics[mode]["per_category"][level].get(category), 2, scale=100) for mode, level in columns),
+        ]
         for category in categories
     ]
     return f"### {result.benchmark} ({result.model_name})\n\n" + _markdown(header, rows)
@@ -139,7 +143,9 @@ def _curve(result: BenchmarkResults, mode: str) -> dict[Level, float]:
         [metrics["absolute"][task][level] for task in metrics["absolute"] if level in metrics["absolute"][task]]
         for level in STRENGTH_LEVELS
     ]
-    return {level: sum(values) / len(values) for level, values in zip(STRENGTH_LEVELS, per_strength) if values}
+    return {
+        level: sum(values) / len(values) for level, values in zip(STRENGTH_LEVELS, per_strength, strict=True) if values
+    }
 
 
 def plot_accuracy_vs_level(
@@ -159,20 +165,23 @@ def plot_accuracy_vs_level(
     from matplotlib import pyplot as plt
 
     benchmarks = list(dict.fromkeys(result.benchmark for result in results))
-    figure, axes = plt.subplots(1, max(len(benchmarks), 1), figsize=(4.5 * max(len(benchmarks), 1), 3.6), squeeze=False)
-    for axis, benchmark in zip(axes[0], benchmarks):
+    if not benchmarks:
+        raise ValueError("No results to plot.")
+    figure, axes = plt.subplots(1, len(benchmarks), figsize=(4.5 * len(benchmarks), 3.6), squeeze=False)
+    for axis, benchmark in zip(axes[0], benchmarks, strict=True):
         members = [result for result in results if result.benchmark == benchmark]
         levels = list(dict.fromkeys(level for result in members for level in result.levels))
         scale = 100.0 if members[0].kind == "mcq" else 1.0
-        for result in members:
+        for model_number, result in enumerate(members):
+            marker = _MODEL_MARKERS[model_number % len(_MODEL_MARKERS)]
             for mode in _ordered_modes([result], modes):
                 curve = _curve(result, mode)
-                label = _row_label(result, mode)
+                style = {"color": _MODE_COLORS.get(mode), "label": _row_label(result, mode)}
                 if mode == "oracle" and result.kind == "mcq" and 0 in curve:
-                    axis.axhline(curve[0] * scale, linestyle="--", linewidth=1, label=label)
+                    axis.axhline(curve[0] * scale, linestyle="--", linewidth=1, **style)
                     continue
-                points = [(levels.index(level), value * scale) for level, value in curve.items() if level in levels]
-                axis.plot(*zip(*points), marker="o", label=label)
+                positions = [levels.index(level) for level in curve]
+                axis.plot(positions, [value * scale for value in curve.values()], marker=marker, **style)
         axis.set_xticks(range(len(levels)), [level_label(level) for level in levels])
         axis.set_title(benchmark)
         axis.set_xlabel("degradation")
@@ -195,7 +204,9 @@ def write_json(results: Sequence[BenchmarkResults], path: str | os.PathLike[str]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False), encoding="utf-8")
+    path.write_text(
+        json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False), encoding="utf-8"
+    )
     return path
 
 
@@ -225,9 +236,7 @@ def write_report(results: Sequence[BenchmarkResults], output_dir: str | os.PathL
     }
 
 
-def model_index_results(
-    results: Sequence[BenchmarkResults], *, modes: Sequence[str] | None = None
-) -> list[EvalResult]:
+def model_index_results(results: Sequence[BenchmarkResults], *, modes: Sequence[str] | None = None) -> list[EvalResult]:
     """``huggingface_hub.EvalResult`` entries for a model card's ``model-index``.
 
     MCQ benchmarks give one accuracy (percent) per mode × level; R-Bench one absolute score per

@@ -169,4 +169,3 @@ def evaluate_benchmark(
 
 def _case_key(benchmark: Benchmark, case: EvalCase, seed: int) -> str:
     return cache_key(benchmark.name, case.item_id, case.level, case.mode, seed)
-

@@ -16,6 +16,14 @@ from robust_u1.evaluation.recovery import recovery_metrics
 
 _DESCRIPTION = "Learned perceptual image patch similarity (lower is better) between recovered and clean images, averaged over images. Needs torchvision's ImageNet backbone weights in the torch-hub cache ($TORCH_HOME/hub/checkpoints); they are not downloaded unless allow_download=True."
 
+_CITATION = """\
+@inproceedings{zhang2018lpips,
+  title={The Unreasonable Effectiveness of Deep Features as a Perceptual Metric},
+  author={Zhang, Richard and Isola, Phillip and Efros, Alexei A. and Shechtman, Eli and Wang, Oliver},
+  booktitle={CVPR}, year={2018}
+}
+"""
+
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: recovered images (PIL images; resized to the reference size when they differ).
@@ -25,8 +33,11 @@ Args:
 Returns:
     lpips: the mean over image pairs.
 Examples:
+    >>> import evaluate
+    >>> from robust_u1.evaluation.metrics import metric_path
     >>> lpips = evaluate.load(metric_path("lpips"))
-    >>> lpips.compute(predictions=[image], references=[image])
+    >>> lpips.compute(predictions=recovered_images, references=clean_images)  # doctest: +SKIP
+    {'lpips': 0.3223}
 """
 
 
@@ -35,10 +46,12 @@ class LPIPS(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation="",
+            citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
         )
 
     def _compute(self, predictions, references, net_type: str = "alex", allow_download: bool = False):
-        return recovery_metrics(predictions, references, metrics=("lpips",), lpips_net=net_type, allow_download=allow_download)
+        return recovery_metrics(
+            predictions, references, metrics=("lpips",), lpips_net=net_type, allow_download=allow_download
+        )

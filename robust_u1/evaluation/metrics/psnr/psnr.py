@@ -16,6 +16,8 @@ from robust_u1.evaluation.recovery import recovery_metrics
 
 _DESCRIPTION = "Peak signal-to-noise ratio (dB, higher is better) between recovered and clean RGB images in [0, 1], averaged over images."
 
+_CITATION = ""
+
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: recovered images (PIL images; resized to the reference size when they differ).
@@ -23,8 +25,13 @@ Args:
 Returns:
     psnr: the mean over image pairs.
 Examples:
+    >>> import evaluate
+    >>> from PIL import Image
+    >>> from robust_u1.evaluation.metrics import metric_path
     >>> psnr = evaluate.load(metric_path("psnr"))
-    >>> psnr.compute(predictions=[image], references=[image])
+    >>> result = psnr.compute(predictions=[Image.new("RGB", (16, 16), (153,) * 3)], references=[Image.new("RGB", (16, 16), (128,) * 3)])
+    >>> round(result["psnr"], 2)
+    20.17
 """
 
 
@@ -33,7 +40,7 @@ class PSNR(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation="",
+            citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
         )

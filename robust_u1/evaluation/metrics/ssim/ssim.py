@@ -16,6 +16,15 @@ from robust_u1.evaluation.recovery import recovery_metrics
 
 _DESCRIPTION = "Structural similarity (Gaussian window 11, sigma 1.5; higher is better) between recovered and clean RGB images in [0, 1], averaged over images."
 
+_CITATION = """\
+@article{wang2004ssim,
+  title={Image quality assessment: from error visibility to structural similarity},
+  author={Wang, Zhou and Bovik, Alan C. and Sheikh, Hamid R. and Simoncelli, Eero P.},
+  journal={IEEE Transactions on Image Processing},
+  volume={13}, number={4}, pages={600--612}, year={2004}
+}
+"""
+
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: recovered images (PIL images; resized to the reference size when they differ).
@@ -23,8 +32,13 @@ Args:
 Returns:
     ssim: the mean over image pairs.
 Examples:
+    >>> import evaluate
+    >>> from PIL import Image
+    >>> from robust_u1.evaluation.metrics import metric_path
     >>> ssim = evaluate.load(metric_path("ssim"))
-    >>> ssim.compute(predictions=[image], references=[image])
+    >>> image = Image.new("RGB", (16, 16), (90, 30, 200))
+    >>> round(ssim.compute(predictions=[image], references=[image])["ssim"], 4)
+    1.0
 """
 
 
@@ -33,7 +47,7 @@ class SSIM(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
-            citation="",
+            citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
             features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
         )
