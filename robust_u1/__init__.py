@@ -38,6 +38,8 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "FlowMatchingConfig": ".trainers",
     "FlowMatchingTrainer": ".trainers",
     "generation_lora_config": ".trainers",
+    "FlowGRPOConfig": ".trainers",
+    "FlowGRPOTrainer": ".trainers",
     "convert_bagel_checkpoint": ".convert_bagel_weights_to_hf",
 }
 

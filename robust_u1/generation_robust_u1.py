@@ -82,18 +82,32 @@ class RobustU1GenerationMixin:
 
     # -- contexts --------------------------------------------------------------------------------
 
-    @torch.no_grad()
+    def encode_edit_latents(
+        self, inputs: EditInputs, sample_posterior: bool = True, generator: torch.Generator | list[torch.Generator] | None = None
+    ) -> list[torch.Tensor]:
+        """Scaled VAE latents [C, h, w] of the images to edit, one encode per image (sizes may differ)."""
+        return [
+            self.encode_images(pixels[None].to(self.device), sample_posterior, _generator_for(generator, i))[0]
+            for i, pixels in enumerate(inputs.vae_pixel_values)
+        ]
+
     def build_edit_contexts(
         self,
         inputs: EditInputs,
         sample_posterior: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: Sequence[torch.Tensor] | None = None,
     ) -> EditContexts:
-        """Prefills the gen / cfg_text / cfg_img contexts of every image once, in one batched call per stage."""
+        """Prefills the gen / cfg_text / cfg_img contexts of every image once, in one batched call per stage.
+
+        ``latents`` (from `encode_edit_latents`) reuse an earlier VAE encode, e.g. the posterior sample
+        a rollout was conditioned on. Gradients flow when called outside ``torch.no_grad``.
+        """
         batch = len(inputs.vae_pixel_values)
+        if latents is None:
+            latents = self.encode_edit_latents(inputs, sample_posterior, generator)
         blocks, grids = [], []
-        for i, pixels in enumerate(inputs.vae_pixel_values):
-            latent = self.encode_images(pixels[None].to(self.device), sample_posterior, _generator_for(generator, i))[0]
+        for latent in latents:
             tokens, grid = self.latent_to_tokens(latent)
             blocks.append(VaeImageBlock(tokens, grid))
             grids.append(grid)
@@ -125,15 +139,18 @@ class RobustU1GenerationMixin:
 
     # -- recovery --------------------------------------------------------------------------------
 
-    def prepare_edit_inputs(self, images, prompt: str | Sequence[int] = RECOVERY_PROMPT, processor=None) -> EditInputs:
-        """Turns images (PIL / numpy / tensors / paths, or an `EditInputs`) into transformed edit inputs."""
+    def prepare_edit_inputs(self, images, prompt: str | Sequence[int] | Sequence[str] = RECOVERY_PROMPT, processor=None) -> EditInputs:
+        """Turns images (PIL / numpy / tensors / paths, or an `EditInputs`) into transformed edit inputs.
+
+        ``prompt`` is one prompt for every image (text or token ids) or a list with one per image.
+        """
         if isinstance(images, EditInputs):
             return images
         processor = processor or self.processor
         if processor is None:
             from .processing_robust_u1 import RobustU1ImageProcessor
 
-            if isinstance(prompt, str):
+            if isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str)):
                 raise ValueError(
                     "A text prompt needs a tokenizer: pass `processor=RobustU1Processor.from_pretrained(...)`, "
                     "set `model.processor`, or give the prompt as token ids."
@@ -143,11 +160,15 @@ class RobustU1GenerationMixin:
             image_processor = getattr(processor, "image_processor", processor)
         images = images if isinstance(images, (list, tuple)) else [images]
         vae_pixels, vit_pixels = image_processor.edit_pixel_values(images)
-        if isinstance(prompt, str):
-            ids = torch.tensor(processor.tokenizer.encode(prompt, add_special_tokens=False))
-        else:
-            ids = torch.as_tensor(prompt, dtype=torch.long)
-        return EditInputs(vae_pixels, vit_pixels, [ids] * len(images))
+        per_image = isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], int)
+        prompts = list(prompt) if per_image else [prompt] * len(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"Got {len(prompts)} prompts for {len(images)} images.")
+        ids = [
+            torch.tensor(processor.tokenizer.encode(p, add_special_tokens=False)) if isinstance(p, str) else torch.as_tensor(p, dtype=torch.long)
+            for p in prompts
+        ]
+        return EditInputs(vae_pixels, vit_pixels, ids)
 
     @torch.no_grad()
     def recover(
@@ -311,12 +332,14 @@ class RobustU1GenerationMixin:
         do_sample: bool = False,
         temperature: float = 0.3,
         recover_kwargs: dict[str, Any] | None = None,
+        prompt: str | None = None,
         **generate_kwargs,
     ) -> RobustAnswer:
         """Robust answering as in the paper: recover I_r from I_c, then answer over [I_c, I_r, Q].
 
         With ``recover=False`` the model answers from I_c alone (the baseline). Prompts are the
-        official demo's (VLMEvalKit MCQ layout with the recovery instruction).
+        official demo's (VLMEvalKit MCQ layout with the recovery instruction) unless ``prompt`` gives
+        the full text to use (benchmarks with their own prompts, e.g. R-Bench).
 
         Example:
 
@@ -330,9 +353,8 @@ class RobustU1GenerationMixin:
         if processor is None:
             raise ValueError("answer() needs a processor (tokenizer): pass `processor=` or set `model.processor`.")
         image = _as_image_input(image)
-        prompt = (
-            build_mcq_prompt(question, options, recover=recover) if options else build_open_prompt(question, recover=recover)
-        )
+        if prompt is None:
+            prompt = build_mcq_prompt(question, options, recover=recover) if options else build_open_prompt(question, recover=recover)
         recovered = None
         if recover:
             recovered = self.recover(image, processor=processor, output_type="pil", **(recover_kwargs or {}))

@@ -594,7 +594,6 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
                 lengths.append(block.tokens.shape[0] + 2)
         return lengths
 
-    @torch.no_grad()
     def prefill(self, cache: RobustU1KVCache, blocks: Sequence[Block]) -> RobustU1KVCache:
         """Appends one block per sequence (text, ViT image or clean VAE image) to a context cache.
 
@@ -606,6 +605,8 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         >>> model.prefill(cache, [VitImageBlock(vit_pixels)])
         >>> model.prefill(cache, [TextBlock(prompt_ids)])
         ```
+
+        Gradients flow when called outside ``torch.no_grad`` (training through a context).
         """
         self.run_blocks(cache, blocks, update_cache=True)
         return cache

@@ -1,10 +1,12 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(Path(__file__).parent))  # tests/helpers.py
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +28,28 @@ def parity_model(parity_dir):
 
     torch.manual_seed(0)
     return RobustU1ForConditionalGeneration.from_pretrained(parity_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def fitted_tiny_vae_state():
+    """A tiny VAE state dict fitted once to reconstruct the shapes images of `helpers.noisy_pairs(12)`."""
+    from helpers import fit_vae, shapes_image
+
+    from robust_u1.tiny import tiny_random_model
+
+    torch.manual_seed(0)
+    model, processor = tiny_random_model(seed=0)
+    fit_vae(model, processor, [shapes_image(i) for i in range(12)])
+    return {k: v.clone() for k, v in model.vae.state_dict().items()}
+
+
+@pytest.fixture
+def tiny_model_with_fitted_vae(fitted_tiny_vae_state):
+    from robust_u1.tiny import tiny_random_model
+
+    model, processor = tiny_random_model(seed=0)
+    model.vae.load_state_dict(fitted_tiny_vae_state)
+    return model, processor
 
 
 def pytest_terminal_summary(terminalreporter):

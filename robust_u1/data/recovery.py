@@ -25,7 +25,7 @@ from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
 from .caching import cache_file_name, fingerprint
 
-RECOVERY_PROMPT = "Please restore this corrupted image to its clean version."
+from ..evaluation.prompts import RECOVERY_PROMPT
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 JSONL_NAME = "data.jsonl"
 RECOVERY_FEATURES = datasets.Features(

@@ -1,0 +1,388 @@
+"""Stage II: Flow-GRPO — online RL on the flow sampler with SSIM and CLIP rewards (TRL-style trainer).
+
+Per step: every corrupted image is prefilled once and G rollouts share that context; the sampler
+injects SDE noise inside a random window of steps (ODE elsewhere) and records the log-probabilities
+of the window steps; rewards → group-relative advantages; the loss recomputes the window steps with
+gradients: clipped policy ratio, plus β·KL to the same model with its LoRA adapter disabled.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Sampler
+from transformers import Trainer, TrainingArguments
+
+from ..flow_grpo_math import clipped_policy_loss, gaussian_kl, grpo_advantages, sample_sde_window, sde_step_with_logprob
+from ..generation_robust_u1 import EditContexts, EditInputs
+from ..rewards import compute_rewards, reward_name
+from ..sampling import GuidanceConfig, euler_step, flow_timesteps
+from .utils import prepare_model_for_training, render_training_card, sample_generator
+
+
+@dataclass
+class FlowGRPOConfig(TrainingArguments):
+    r"""
+    Configuration of [`FlowGRPOTrainer`] (stage II). TRL's names where the concept is the same.
+
+    Parameters:
+        num_generations (`int`, defaults to `16`): rollouts G per corrupted image (flow_grpo's BAGEL
+            template). ``per_device_train_batch_size`` counts rollouts and must be a multiple of G.
+        beta (`float`, defaults to `0.0`): KL weight against the model with its adapter disabled
+            (flow_grpo's BAGEL template uses 0; > 0 needs a ``peft_config``).
+        epsilon (`float`, defaults to `1e-4`): lower clip range of the policy ratio (flow_grpo: 1e-4).
+        epsilon_high (`float` or `None`, defaults to `None`): upper clip range; None = ``epsilon``.
+        num_iterations (`int`, defaults to `1`): optimisation steps per generated batch (TRL's μ).
+        scale_rewards (`str`, defaults to `"group"`): ``"group"``, ``"batch"`` or ``"none"`` (TRL).
+        reward_weights (`list[float]` or `None`): weight per reward function; None = all 1
+            (the official pair `official_rewards()` uses SSIM 1.0, CLIP 0.2).
+        adv_clip_max (`float`, defaults to `5.0`): advantages are clipped to ±adv_clip_max (flow_grpo).
+        log_completions (`bool`, defaults to `False`): log corrupted / recovered / clean images as a
+            table (wandb) every logging step.
+        num_inference_steps (`int`, defaults to `16`): flow schedule points of a rollout (16 → 15
+            denoising steps, flow_grpo's BAGEL template; same meaning as in `recover`).
+        timestep_shift (`float`, defaults to `3.0`): schedule shift (flow_grpo BAGEL / Robust-U1 demo).
+        noise_level (`float`, defaults to `0.7`): SDE noise level a (official Robust-U1 code).
+        sde_type (`str`, defaults to `"sde"`): ``"sde"`` (Flow-GRPO) or ``"cps"``.
+        sde_window_size (`int`, defaults to `1`): SDE (trained) steps per rollout; official Robust-U1: 1.
+        sde_window_range (`tuple[int, int]`, defaults to `(0, 5)`): where the window may start and end
+            (official Robust-U1: a window of 1 in (0, 5)).
+        cfg_text_scale, cfg_img_scale, cfg_interval, cfg_renorm_type, cfg_renorm_min: guidance used
+            by rollouts and by the recomputation in the loss (Robust-U1 demo defaults).
+        sample_posterior (`bool`, defaults to `True`): encode the corrupted image with a posterior
+            sample (BAGEL) rather than its mode.
+    """
+
+    num_generations: int = field(default=16, metadata={"help": "Rollouts per corrupted image (G)."})
+    beta: float = field(default=0.0, metadata={"help": "KL weight to the adapter-disabled reference."})
+    epsilon: float = field(default=1e-4, metadata={"help": "Lower clip range of the ratio."})
+    epsilon_high: float | None = field(default=None, metadata={"help": "Upper clip range (None = epsilon)."})
+    num_iterations: int = field(default=1, metadata={"help": "Optimisation steps per generated batch."})
+    scale_rewards: str = field(default="group", metadata={"help": "'group', 'batch' or 'none'."})
+    reward_weights: list[float] | None = field(default=None, metadata={"help": "Weight per reward function."})
+    adv_clip_max: float = field(default=5.0, metadata={"help": "Advantage clip."})
+    log_completions: bool = field(default=False, metadata={"help": "Log image tables."})
+    num_inference_steps: int = field(default=16, metadata={"help": "Schedule points per rollout."})
+    timestep_shift: float = field(default=3.0, metadata={"help": "Schedule shift."})
+    noise_level: float = field(default=0.7, metadata={"help": "SDE noise level."})
+    sde_type: str = field(default="sde", metadata={"help": "'sde' or 'cps'."})
+    sde_window_size: int = field(default=1, metadata={"help": "SDE steps per rollout."})
+    sde_window_range: tuple[int, int] = field(default=(0, 5), metadata={"help": "Range of the SDE window."})
+    cfg_text_scale: float = field(default=4.0, metadata={"help": "Text guidance scale."})
+    cfg_img_scale: float = field(default=2.0, metadata={"help": "Image guidance scale."})
+    cfg_interval: tuple[float, float] = field(default=(0.0, 1.0), metadata={"help": "Guidance interval."})
+    cfg_renorm_type: str = field(default="text_channel", metadata={"help": "Guidance renorm type."})
+    cfg_renorm_min: float = field(default=0.0, metadata={"help": "Guidance renorm lower clamp."})
+    sample_posterior: bool = field(default=True, metadata={"help": "Posterior sample for the VAE encode."})
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "flow_grpo BAGEL template learning rate."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Rewards see every column."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) counts rollouts and must be a "
+                f"multiple of num_generations ({self.num_generations})."
+            )
+        if self.activation_checkpointing_kwargs is None:
+            self.activation_checkpointing_kwargs = {"use_reentrant": False}
+
+    def guidance(self) -> GuidanceConfig:
+        return GuidanceConfig(
+            self.cfg_text_scale, self.cfg_img_scale, tuple(self.cfg_interval), self.cfg_renorm_type, self.cfg_renorm_min
+        )
+
+
+class RepeatSampler(Sampler):
+    """Each dataset index ``repeats`` times in a row (the G rollouts of one image), in a seeded shuffled order."""
+
+    def __init__(self, data_source, repeats: int, seed: int = 0, shuffle: bool = True):
+        self.data_source, self.repeats, self.seed, self.shuffle = data_source, repeats, seed, shuffle
+        self.epoch = 0
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        else:
+            order = list(range(len(self.data_source)))
+        self.epoch += 1
+        return (index for index in order for _ in range(self.repeats))
+
+    def __len__(self) -> int:
+        return len(self.data_source) * self.repeats
+
+
+@dataclass
+class Rollouts:
+    """A generated batch: the window steps of every rollout with their old log-probs, and advantages."""
+
+    inputs: EditInputs
+    latents: list[torch.Tensor]  # the VAE latents of the corrupted images (the rollouts' condition)
+    group_of_rollout: list[int]
+    window: list[int]  # step indices with SDE noise
+    timesteps: list[float]
+    samples: list[list[torch.Tensor]]  # [window step][rollout] latent entering the step
+    next_samples: list[list[torch.Tensor]]  # [window step][rollout] latent the SDE step produced
+    old_log_probs: torch.Tensor  # [window steps, rollouts]
+    advantages: torch.Tensor  # [rollouts]
+    final_latents: list[torch.Tensor]  # [rollout] the generated latent tokens
+
+
+def _identity_collator(features):
+    return features
+
+
+class FlowGRPOTrainer(Trainer):
+    """Flow-GRPO for Robust-U1's recovery, in TRL's style.
+
+    Args:
+        model: a `RobustU1ForConditionalGeneration` or a checkpoint name.
+        reward_funcs: reward callables (TRL convention: keyword arguments ``images``, ``prompts`` and
+            every dataset column, e.g. ``target_image``; a list of floats, ``None`` for unscorable
+            samples). A reward that raises stops the run with a `RewardFunctionError` naming it.
+        args: a `FlowGRPOConfig`.
+        train_dataset: rows with ``image`` (corrupted), ``target_image`` (clean) and an optional ``prompt``.
+        processing_class: the processor (default: the model's).
+        peft_config: a `peft.LoraConfig` (e.g. `generation_lora_config()`); needed for ``beta > 0``,
+            the reference being the same model with the adapter disabled.
+
+    Example:
+
+    ```python
+    >>> from robust_u1 import FlowGRPOConfig, FlowGRPOTrainer, generation_lora_config
+    >>> from robust_u1.rewards import official_rewards
+    >>> rewards, weights = official_rewards()
+    >>> args = FlowGRPOConfig("robust-u1-rl", num_generations=16, per_device_train_batch_size=16, reward_weights=weights)
+    >>> trainer = FlowGRPOTrainer("Jiaqi-hkust/Robust-U1-SFT", rewards, args, train_dataset=pairs,
+    ...                           peft_config=generation_lora_config())
+    >>> trainer.train()
+    ```
+    """
+
+    _tag_names = ["robust-u1", "flow-grpo", "image-restoration"]
+    _stage = "stage II (Flow-GRPO with SSIM and CLIP rewards)"
+    _card_hyperparameters = (
+        "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_generations",
+        "beta", "epsilon", "num_iterations", "scale_rewards", "reward_weights", "num_inference_steps", "timestep_shift",
+        "noise_level", "sde_type", "sde_window_size", "sde_window_range", "seed",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        model,
+        reward_funcs: Callable | list[Callable],
+        args: FlowGRPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        callbacks=None,
+        **kwargs,
+    ):
+        from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
+
+        args = args or FlowGRPOConfig("robust-u1-rl")
+        if isinstance(model, (str, os.PathLike)):
+            model = RobustU1ForConditionalGeneration.from_pretrained(model)
+        processing_class = processing_class or getattr(model, "processor", None)
+        if processing_class is None:
+            raise ValueError("FlowGRPOTrainer needs the model's processor: pass `processing_class=`.")
+        if args.beta > 0 and peft_config is None:
+            raise ValueError(
+                "beta > 0 needs a peft_config: the KL reference is the same model with its LoRA adapter disabled "
+                "(no second model is kept in memory)."
+            )
+        self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"{len(self.reward_funcs)} reward functions but {len(args.reward_weights)} reward_weights.")
+        model = prepare_model_for_training(model, peft_config)
+        super().__init__(
+            model=model, args=args, data_collator=_identity_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks, **kwargs,
+        )  # fmt: skip
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._buffer: Rollouts | None = None
+        self._steps_on_buffer = 0
+        self._logged_completions: list[dict[str, Any]] = []
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return RepeatSampler(self.train_dataset, self.args.num_generations, seed=self.args.seed)
+
+    @property
+    def base_model(self):
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    # -- generation: rollouts, rewards, advantages ---------------------------------------------
+
+    def _prepare_inputs(self, examples: list[dict[str, Any]]) -> Rollouts:
+        if self._buffer is None or self._steps_on_buffer >= self.args.num_iterations:
+            self._buffer = self._generate(examples)
+            self._steps_on_buffer = 0
+        self._steps_on_buffer += 1
+        return self._buffer
+
+    @torch.no_grad()
+    def _generate(self, examples: list[dict[str, Any]]) -> Rollouts:
+        args, model = self.args, self.base_model
+        G = args.num_generations
+        groups = examples[::G]
+        group_of_rollout = [i // G for i in range(len(examples))]
+        inputs = self._edit_inputs(groups)
+        step = self.state.global_step
+        offset = self.accelerator.process_index * len(examples)
+        streams = [sample_generator(torch.device("cpu"), args.seed, step, offset + i) for i in range(len(examples))]
+        latents = model.encode_edit_latents(inputs, args.sample_posterior, [streams[g * G] for g in range(len(groups))])
+        contexts = model.build_edit_contexts(inputs, latents=latents).select(group_of_rollout)
+
+        timesteps = flow_timesteps(args.num_inference_steps, args.timestep_shift).tolist()
+        num_steps = len(timesteps) - 1
+        window_stream = sample_generator(torch.device("cpu"), args.seed, step, -1)
+        window = list(sample_sde_window(num_steps, args.sde_window_size, tuple(args.sde_window_range), window_stream))
+        guidance = args.guidance()
+        x = [torch.randn(h * w, model.config.patch_latent_dim, generator=g).to(model.device) for (h, w), g in zip(contexts.grids, streams)]
+        samples, next_samples, log_probs = [], [], []
+        for k in range(num_steps):
+            velocities = model.guided_velocities(contexts, x, timesteps[k], guidance)
+            if k in window:
+                noises = [torch.randn(xi.shape, generator=g).to(xi.device) for xi, g in zip(x, streams)]
+                outs = [self._sde_step(v, xi, timesteps, k, noise=n) for v, xi, n in zip(velocities, x, noises)]
+                samples.append(x)
+                x = [out.prev_sample[0] for out in outs]
+                next_samples.append(x)
+                log_probs.append(torch.cat([out.log_prob for out in outs]))
+            else:
+                x = [euler_step(xi, v, timesteps[k], timesteps[k + 1]) for xi, v in zip(x, velocities)]
+        images = model._postprocess_latents(x, contexts.grids, "pil")
+
+        columns = {key: [example.get(key) for example in examples] for key in examples[0]}
+        columns.pop("image", None)
+        per_func, weighted = compute_rewards(
+            self.reward_funcs, self.args.reward_weights, images=images,
+            prompts=[example.get("prompt") or "" for example in examples], **columns,
+        )  # fmt: skip
+        if args.scale_rewards == "batch":
+            gathered = self.accelerator.gather(weighted.to(model.device)).cpu()
+            advantages = grpo_advantages(gathered, G, scale_rewards="batch", clip=args.adv_clip_max)
+            advantages = advantages[offset : offset + len(examples)]
+        else:
+            advantages = grpo_advantages(weighted, G, scale_rewards=args.scale_rewards, clip=args.adv_clip_max)
+
+        for index, func in enumerate(self.reward_funcs):
+            values = per_func[:, index]
+            self._metrics[f"rewards/{reward_name(func)}/mean"].append(values.nanmean().item())
+            self._metrics[f"rewards/{reward_name(func)}/std"].append(values[~values.isnan()].std(unbiased=False).item())
+        self._metrics["reward"].append(weighted.nanmean().item())
+        self._metrics["reward_unscored"].append(float(weighted.isnan().sum()))
+        if args.log_completions:
+            self._logged_completions = [
+                {"corrupted": example["image"], "recovered": image, "clean": example.get("target_image"), "reward": r}
+                for example, image, r in zip(examples, images, weighted.tolist())
+            ]
+        return Rollouts(inputs, latents, group_of_rollout, window, timesteps, samples, next_samples,
+                        torch.stack(log_probs) if log_probs else torch.zeros(0, len(examples)), advantages, x)  # fmt: skip
+
+    def _edit_inputs(self, examples) -> EditInputs:
+        from ..evaluation.prompts import RECOVERY_PROMPT
+
+        prompts = [example.get("prompt") or RECOVERY_PROMPT for example in examples]
+        return self.base_model.prepare_edit_inputs([e["image"] for e in examples], prompts, self.processing_class)
+
+    def _sde_step(self, velocity, sample, timesteps, k, noise=None, prev_sample=None):
+        """One rollout's SDE step (batch of one: images of a batch may have different token counts)."""
+        return sde_step_with_logprob(
+            velocity[None], sample[None], timesteps[k], timesteps[k + 1], noise_level=self.args.noise_level,
+            sde_type=self.args.sde_type, sigma_max=timesteps[1],
+            noise=None if noise is None else noise[None], prev_sample=None if prev_sample is None else prev_sample[None],
+        )  # fmt: skip
+
+    # -- the loss ----------------------------------------------------------------------------
+
+    def _window_means(self, contexts: EditContexts, rollouts: Rollouts, j: int):
+        """Recomputed SDE log-probs (and means, stds) of window step j for every rollout."""
+        k = rollouts.window[j]
+        velocities = self.base_model.guided_velocities(contexts, rollouts.samples[j], rollouts.timesteps[k], self.args.guidance())
+        outs = [
+            self._sde_step(v, x, rollouts.timesteps, k, prev_sample=x_next)
+            for v, x, x_next in zip(velocities, rollouts.samples[j], rollouts.next_samples[j])
+        ]
+        return outs
+
+    def _contexts(self, rollouts: Rollouts) -> EditContexts:
+        model = self.base_model
+        return model.build_edit_contexts(rollouts.inputs, latents=rollouts.latents).select(rollouts.group_of_rollout)
+
+    def compute_loss(self, model, inputs: Rollouts, return_outputs=False, num_items_in_batch=None):
+        rollouts = inputs
+        if not rollouts.window:
+            raise ValueError("The SDE window is empty: set sde_window_size ≥ 1 within sde_window_range.")
+        contexts = self._contexts(rollouts)  # with gradients: the generation expert also encodes the context
+        reference = None
+        if self.args.beta > 0:
+            with torch.no_grad(), self.accelerator.unwrap_model(self.model).disable_adapter():
+                reference = self._contexts(rollouts)
+        losses, stats = [], defaultdict(list)
+        for j in range(len(rollouts.window)):
+            outs = self._window_means(contexts, rollouts, j)
+            log_prob = torch.cat([out.log_prob for out in outs])
+            loss, step_stats = clipped_policy_loss(
+                log_prob, rollouts.old_log_probs[j].to(log_prob.device), rollouts.advantages.to(log_prob.device),
+                self.args.epsilon, self.args.epsilon_high,
+            )  # fmt: skip
+            if reference is not None:
+                with torch.no_grad(), self.accelerator.unwrap_model(self.model).disable_adapter():
+                    ref_outs = self._window_means(reference, rollouts, j)
+                kl = torch.cat([
+                    gaussian_kl(out.prev_sample_mean, ref.prev_sample_mean.detach(), out.std_dev_t)
+                    for out, ref in zip(outs, ref_outs)
+                ]).mean()  # fmt: skip
+                loss = loss + self.args.beta * kl
+                stats["kl"].append(kl.item())
+            losses.append(loss)
+            for name, value in step_stats.items():
+                stats[name].append(float(value))
+        for name, values in stats.items():
+            self._metrics[name].append(sum(values) / len(values))
+        loss = torch.stack(losses).mean()
+        return (loss, rollouts) if return_outputs else loss
+
+    # -- logging and cards ---------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        for name, values in self._metrics.items():
+            if values:
+                logs[name] = sum(values) / len(values)
+        self._metrics.clear()
+        if self._logged_completions and "wandb" in (self.args.report_to or []):
+            import wandb
+
+            if wandb.run is not None:
+                table = wandb.Table(columns=["corrupted", "recovered", "clean", "reward"])
+                for row in self._logged_completions:
+                    table.add_data(wandb.Image(row["corrupted"]), wandb.Image(row["recovered"]),
+                                   wandb.Image(row["clean"]) if row["clean"] is not None else None, row["reward"])  # fmt: skip
+                wandb.log({"completions": table})
+        self._logged_completions = []
+        super().log(logs, start_time)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
+        """Writes README.md in the output folder from ``model_cards/training.md.jinja``."""
+        if not self.is_world_process_zero():
+            return
+        card = render_training_card(
+            self, self._stage, "Stage II aligns the recovery module with pixel-level structure (SSIM) and "
+            "semantics (CLIP similarity) by Flow-GRPO on the stochastic flow sampler.",
+            self._card_hyperparameters, model_name, dataset_name,
+        )  # fmt: skip
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.args.output_dir) / "README.md").write_text(card)
