@@ -40,6 +40,11 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "generation_lora_config": ".trainers",
     "FlowGRPOConfig": ".trainers",
     "FlowGRPOTrainer": ".trainers",
+    "build_reasoning_dataset": ".reasoning",
+    "ReasoningCollator": ".reasoning",
+    "load_robust_r1_jsonl": ".reasoning",
+    "reasoning_training_arguments": ".reasoning",
+    "push_artifact": ".hub",
     "convert_bagel_checkpoint": ".convert_bagel_weights_to_hf",
 }
 

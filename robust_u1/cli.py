@@ -96,6 +96,55 @@ def run_convert(args) -> int:
     return 0
 
 
+def run_eval(args) -> int:
+    from .corruptions import degrade_at_level
+    from .evaluation import evaluate_benchmark, load_mcq_benchmark, load_rbench, write_report
+
+    if args.benchmark.lower().replace("-", "") == "rbench":
+        benchmark = load_rbench(_judge(args), **({"source": args.source} if args.source else {}))
+        degrade = None
+    else:
+        benchmark = load_mcq_benchmark(args.source or args.benchmark, name=args.benchmark)
+        degrade = lambda image, level, seed: degrade_at_level(image, level, seed)[0]  # noqa: E731
+    if args.limit:
+        benchmark.items = benchmark.items[: args.limit]
+    model = _load(args.model, args.dtype)
+    answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs={**_recover_kwargs(args), "progress": False})
+    output = Path(args.output)
+    results = evaluate_benchmark(
+        benchmark, answerer, levels=args.levels, modes=args.modes, degrade=degrade, seed=args.seed,
+        cache_path=output / "answers.jsonl", model_name=args.model,
+    )  # fmt: skip
+    written = write_report([results], output)
+    print(written["markdown"].read_text())
+    print(f"Report: {written['markdown']}  plot: {written['plot']}  results: {written['json']}")
+    return 0
+
+
+def _judge(args):
+    from .evaluation import ExactMatchJudge, OpenAICompatibleJudge, TransformersJudge
+
+    if args.judge == "exact":
+        return ExactMatchJudge()
+    if args.judge == "openai":
+        if not (args.judge_url and args.judge_model):
+            raise ValueError("--judge openai needs --judge-url and --judge-model (the key comes from $OPENAI_API_KEY).")
+        return OpenAICompatibleJudge(args.judge_url, args.judge_model)
+    if not args.judge_model:
+        raise ValueError("--judge transformers needs --judge-model (a local folder or Hub id).")
+    return TransformersJudge(args.judge_model)
+
+
+def run_push(args) -> int:
+    from .evaluation import read_json
+    from .hub import push_artifact
+
+    results = read_json(args.results) if args.results else None
+    url = push_artifact(args.folder, args.repo_id, results=results, private=args.private)
+    print(f"Pushed {args.folder} to {args.repo_id}: {url}")
+    return 0
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=TINY_RANDOM, help="Hub id or folder (default: the bundled tiny model).")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
@@ -133,16 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     convert.set_defaults(func=run_convert)
 
-    _add_optional_commands(commands)
-    return parser
+    evaluate = commands.add_parser("eval", help="Evaluate under corruption (MCQ benchmarks or R-Bench).")
+    evaluate.add_argument("benchmark", help="MMStar, RealWorldQA, MMMB, R-Bench, or a name for --source.")
+    evaluate.add_argument("--source", default=None, help="A local TSV / parquet / Hub id instead of the default source.")
+    evaluate.add_argument("--output", required=True, help="Folder for answers (resumable cache) and the report.")
+    evaluate.add_argument("--levels", type=int, nargs="+", default=None, help="Degradation levels (MCQ: 0 25 50 100).")
+    evaluate.add_argument("--modes", nargs="+", default=["baseline", "recover", "oracle"])
+    evaluate.add_argument("--limit", type=int, default=None, help="Only the first N items.")
+    evaluate.add_argument("--judge", choices=["exact", "openai", "transformers"], default="exact")
+    evaluate.add_argument("--judge-url", default=None)
+    evaluate.add_argument("--judge-model", default=None)
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    _add_sampling_arguments(evaluate)
+    evaluate.set_defaults(func=run_eval)
 
+    push = commands.add_parser("push", help="Push a saved model / adapter folder (with its card) to the Hub.")
+    push.add_argument("folder")
+    push.add_argument("repo_id")
+    push.add_argument("--results", default=None, help="results.json from `robust-u1 eval`, merged into the model-index.")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=run_push)
 
-def _add_optional_commands(commands) -> None:
-    """Sub-commands contributed by the corruption and evaluation packages."""
     from .corruptions.cli import add_build_dataset_parser, add_corrupt_parser
 
     add_corrupt_parser(commands)
     add_build_dataset_parser(commands)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -376,6 +376,29 @@ class RobustU1GenerationMixin:
             raw_text=raw,
         )
 
+    def as_answerer(self, processor=None, recover_kwargs: dict[str, Any] | None = None, **answer_kwargs):
+        """This model as an evaluation `Answerer`: ``fn(image, prompt, options, mode) -> dict``.
+
+        The benchmark gives the complete prompt; ``mode == "recover"`` recovers I_r first and answers
+        over [I_c, I_r, prompt], the other modes answer over [image, prompt].
+
+        Example:
+
+        ```python
+        >>> from robust_u1.evaluation import evaluate_benchmark, load_mcq_benchmark
+        >>> results = evaluate_benchmark(load_mcq_benchmark("MMStar"), model.as_answerer(max_new_tokens=64))
+        ```
+        """
+
+        def answer_fn(image, prompt: str, options, mode: str) -> dict[str, Any]:
+            result = self.answer(
+                image, prompt, options, recover=mode == "recover", prompt=prompt, processor=processor,
+                recover_kwargs=recover_kwargs, **answer_kwargs,
+            )  # fmt: skip
+            return {"answer": result.raw_text, "reasoning": result.reasoning, "recovered_image": result.recovered_image}
+
+        return answer_fn
+
     def _initial_latents(self, grids, latents, generator) -> list[torch.Tensor]:
         dim = self.config.patch_latent_dim
         if latents is not None:

@@ -415,3 +415,28 @@ def _normalise_weights(
     if (values < 0).any() or not np.isfinite(values).all() or values.sum() <= 0:
         raise ValueError(f"weights must be finite, non-negative and not all zero; got {weights}")
     return values / values.sum()
+
+
+def degrade_at_level(
+    image: ImageT, percent: int, seed: SeedLike, chooser: RandomCorruption | None = None
+) -> tuple[ImageT, CorruptionRecord | None]:
+    """The benchmark degradation of the paper's MMMB / MMStar / RealWorldQA protocol.
+
+    One Robust-R1 operation drawn from ``seed`` (the official family weights unless ``chooser``
+    says otherwise), applied at the intensity of ``percent`` (25 → 0.23, 50 → 0.45, 100 → 0.9);
+    percent 0 returns the image untouched and no record.
+
+    Example:
+        >>> degraded, record = degrade_at_level(np.zeros((40, 40, 3), np.uint8), 50, seed=7)
+        >>> record.intensity
+        0.45
+    """
+    from dataclasses import replace
+
+    from .levels import level_for_percent
+
+    if percent == 0:
+        return image, None
+    chooser = chooser or RandomCorruption(ROBUST_R1, weights=OFFICIAL_R1_WEIGHTS)
+    record = replace(chooser.draw(as_generator(seed)), strength=level_for_percent(percent).intensity)
+    return record.apply(image), record

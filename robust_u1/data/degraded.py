@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import io
 import os
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from ..corruptions.registry import (
     OFFICIAL_R1_WEIGHTS,
     ROBUST_R1,
     RandomCorruption,
+    degrade_at_level,
     expand_names,
 )
 from ..corruptions.seeding import SeedLike, as_int_seed
@@ -150,12 +150,10 @@ def _degrade_example(
         example[image_column] = stored
         example["corruption"] = None
         return example
-    record = chooser.draw(np.random.default_rng([seed, index]))
     source = stored["bytes"] if stored["bytes"] is not None else stored["path"]
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         image.load()
-        at_level = dataclasses.replace(record, strength=level_for_percent(percent).intensity)
-        example[image_column] = at_level.apply(image)
+        example[image_column], record = degrade_at_level(image, percent, np.random.default_rng([seed, index]), chooser)
     example["corruption"] = record.name
     return example
 

@@ -74,6 +74,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "plot_accuracy_vs_level": ".report",
     "rbench_table": ".report",
     "write_json": ".report",
+    "read_json": ".report",
     "write_report": ".report",
 }
 

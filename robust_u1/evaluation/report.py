@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 from huggingface_hub import EvalResult
@@ -208,6 +209,24 @@ def write_json(results: Sequence[BenchmarkResults], path: str | os.PathLike[str]
         json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False), encoding="utf-8"
     )
     return path
+
+
+def read_json(path: str | os.PathLike[str]) -> list[BenchmarkResults]:
+    """Read results written by `write_json` (level keys, strings in JSON, become ints again).
+
+    Example:
+        >>> results = read_json("reports/results.json")  # doctest: +SKIP
+    """
+
+    def restore_keys(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {(int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k): restore_keys(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [restore_keys(v) for v in value]
+        return value
+
+    entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [BenchmarkResults(**restore_keys(entry)) for entry in entries]
 
 
 def write_report(results: Sequence[BenchmarkResults], output_dir: str | os.PathLike[str]) -> dict[str, Path]:
