@@ -50,8 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timestep-shift", type=float, default=2.0, help="shift of the training timesteps (MathCanvas stage 1: 2.0)")
     parser.add_argument("--ema-decay", type=float, default=0.0, help="EMA of the trained weights, saved as ema.safetensors (BAGEL 0.9999, MathCanvas 0.999; 0 = off)")
     parser.add_argument("--max-tokens-per-batch", type=int, help="packing budget: a longer packed batch is an error")
-    parser.add_argument("--vae-max-size", type=int, help="long side of the VAE images (default: the processor's, 1024 for BAGEL)")
-    parser.add_argument("--vae-min-size", type=int, help="short side of the VAE images (default: the processor's, 512 for BAGEL)")
     parser.add_argument("--eval-size", type=float, default=0.0, help="held-out fraction (or count, if ≥ 1) for the eval loss; 0 = none")
     return parser.parse_args(argv)
 
@@ -68,6 +66,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, corruptions: str, max_
     parser.add_argument("--corruptions", default=corruptions, help="corruptions that turn clean images into pairs (names, families or selectors)")
     parser.add_argument("--samples-per-image", type=int, default=1, help="corrupted copies per clean image")
     parser.add_argument("--synthetic-images", type=int, default=16, help="number of synthetic pictures when no --dataset is given")
+    parser.add_argument("--vae-max-size", type=int, help="long side of the VAE images (default: the processor's, 1024 for BAGEL)")
+    parser.add_argument("--vae-min-size", type=int, help="short side of the VAE images (default: the processor's, 512 for BAGEL)")
     parser.add_argument("--output", default=f"runs/{parser.prog.removesuffix('.py')}", help="checkpoints, final model and model card")
     parser.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps (the default is a smoke run)")
     parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
@@ -116,12 +116,12 @@ def synthetic_pictures(count: int, seed: int) -> datasets.Dataset:
     images = []
     for index in range(count):
         size = (32, 48, 64)[index % 3]
-        colour = lambda: tuple(int(v) for v in rng.integers(0, 256, 3))  # noqa: E731
-        image = Image.new("RGB", (size, size), colour())
+        background, box, disc = (tuple(int(v) for v in rgb) for rgb in rng.integers(0, 256, (3, 3)))
+        image = Image.new("RGB", (size, size), background)
         draw = ImageDraw.Draw(image)
         x, y = (int(v) for v in rng.integers(0, size // 2, 2))
-        draw.rectangle((x, y, x + size // 3, y + size // 4), fill=colour())
-        draw.ellipse((size - x - size // 4, y, size - x, y + size // 3), fill=colour())
+        draw.rectangle((x, y, x + size // 3, y + size // 4), fill=box)
+        draw.ellipse((size - x - size // 4, y, size - x, y + size // 3), fill=disc)
         images.append(image)
     return datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
 
@@ -139,28 +139,31 @@ def lora_config(args: argparse.Namespace):
 
 def run_arguments(args: argparse.Namespace) -> dict:
     """`TrainingArguments` fields both stages set the same way from the command line."""
-    return dict(
-        output_dir=args.output,
-        max_steps=args.max_steps,
-        gradient_accumulation_steps=args.grad_accum,
-        activation_checkpointing=args.gradient_checkpointing,
-        bf16=args.bf16,
-        save_strategy="steps",
-        save_steps=args.save_steps,
-        save_total_limit=2,
-        logging_steps=args.logging_steps,
-        report_to=args.report_to,
-        push_to_hub=args.push_to_hub,
-        hub_model_id=args.hub_model_id,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        seed=args.seed,
-    )
+    return {
+        "output_dir": args.output,
+        "max_steps": args.max_steps,
+        "gradient_accumulation_steps": args.grad_accum,
+        "activation_checkpointing": args.gradient_checkpointing,
+        "bf16": args.bf16,
+        "save_strategy": "steps",
+        "save_steps": args.save_steps,
+        "save_total_limit": 2,
+        "logging_steps": args.logging_steps,
+        "report_to": args.report_to,
+        "push_to_hub": args.push_to_hub,
+        "hub_model_id": args.hub_model_id,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        "seed": args.seed,
+    }
 
 
-def finish(trainer, args: argparse.Namespace) -> None:
-    """Saves the final model (an adapter under LoRA), the processor and the card; pushes if asked."""
+def train_and_save(trainer, args: argparse.Namespace) -> None:
+    """Trains (resuming if asked), saves the final model (an adapter under LoRA), processor and card; pushes if asked."""
     resume = {"true": True}.get(str(args.resume_from_checkpoint).lower(), args.resume_from_checkpoint)
     trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_fsdp_enabled:
+        # Checkpoints stay sharded; the final model is gathered once on rank 0 so from_pretrained reads it.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(args.output)
     trainer.create_model_card(dataset_name=args.dataset)
     if args.push_to_hub:
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_steps=max(1, args.max_steps // 4),
     )
     trainer = FlowMatchingTrainer(model, config, train_dataset=train, eval_dataset=held_out, peft_config=lora_config(args))
-    finish(trainer, args)
+    train_and_save(trainer, args)
 
 
 if __name__ == "__main__":

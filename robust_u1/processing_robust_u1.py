@@ -18,16 +18,17 @@ ratios therefore keep one side at the stride (e.g. 15×900 → 16×1024 for the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
+
+from .corruptions.image_io import open_image
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
 
@@ -43,7 +44,7 @@ def to_rgb_image(image: ImageInput) -> Image.Image:
     ```
     """
     if isinstance(image, (str, os.PathLike)):
-        return to_rgb_image(_open_image(Path(image)))
+        return to_rgb_image(open_image(image))
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
         if array.dim() == 3:
@@ -67,17 +68,6 @@ def to_rgb_image(image: ImageInput) -> Image.Image:
         top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
-
-
-def _open_image(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise ValueError(f"Image file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot read {path} as an image ({error}); is it a complete image file?") from error
 
 
 def _array_to_uint8(array: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ Usage: ``[torchrun --nproc_per_node N] python tests/_sft_run.py OUT_DIR PER_DEVI
 import sys
 
 import numpy as np
-import torch
 from datasets import Dataset
 from PIL import Image
 from torch.utils.data import SequentialSampler

@@ -72,12 +72,12 @@ def test_corrupt_writes_the_same_image_as_the_python_api(parser, image_file, tmp
         (
             lambda tmp: tmp / "missing.png",
             ["--name", "fog", "--severity", "2"],
-            "input file not found",
+            "Image file not found",
         ),
         (
             lambda tmp: (tmp / "text.png").write_text("not an image") and tmp / "text.png",
             ["--name", "fog", "--severity", "2"],
-            "not a readable image",
+            "as an image",
         ),
         (None, ["--name", "motion_blur", "--severity", "2"], "is ambiguous"),
         (None, ["--name", "fog", "--severity", "9"], "severity must be an integer in 1-5; got 9"),

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, UnidentifiedImageError
+from .image_io import open_image
 
 from .registry import corrupt
 
@@ -67,7 +67,7 @@ def add_corrupt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 def run_corrupt(args: argparse.Namespace) -> int:
     """Run ``corrupt``; returns 0, or 1 after one error line on stderr."""
     try:
-        image = _read_image(args.input)
+        image = open_image(args.input)
         corrupted = corrupt(
             image, args.name, severity=args.severity, intensity=args.intensity, seed=args.seed
         )
@@ -76,17 +76,6 @@ def run_corrupt(args: argparse.Namespace) -> int:
     except _EXPECTED_ERRORS as error:
         return _fail("corrupt", error)
     return 0
-
-
-def _read_image(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"not a readable image: {path} ({error})") from None
 
 
 def _fail(command: str, error: BaseException) -> int:

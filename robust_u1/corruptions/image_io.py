@@ -35,12 +35,13 @@ torch
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 Restore = Callable[[np.ndarray], Any]
 
@@ -187,3 +188,23 @@ def _torch_to_rgb(tensor: Any) -> tuple[np.ndarray, Restore]:
         return restored.to(device=tensor.device, dtype=tensor.dtype)
 
     return rgb, restore
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Reads an image file completely (in its own mode); a missing, truncated or non-image file is a
+    `ValueError` that names the file.
+
+    Example:
+        >>> open_image("missing.png")
+        Traceback (most recent call last):
+        ...
+        ValueError: Image file not found: missing.png
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"Image file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot read {path} as an image ({error}); is it a complete image file?") from error

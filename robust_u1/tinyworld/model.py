@@ -27,7 +27,7 @@ from .tokenizer import tinyworld_tokenizer
 from .world import IMAGE_SIZE
 
 VIT_PATCH_SIZE = 8
-VAE_BLOCK_CHANNELS = [32, 64, 64]
+VAE_BLOCK_CHANNELS = [16, 32, 32]
 LATENT_CHANNELS = 4
 LATENT_PATCH_SIZE = 2
 PIXELS_PER_LATENT_TOKEN = 2 ** (len(VAE_BLOCK_CHANNELS) - 1) * LATENT_PATCH_SIZE
@@ -64,7 +64,7 @@ def tinyworld_config(processor: RobustU1Processor) -> RobustU1Config:
         vae_config={
             "latent_channels": LATENT_CHANNELS, "block_out_channels": VAE_BLOCK_CHANNELS, "layers_per_block": 1,
             "down_block_types": ["DownEncoderBlock2D"] * len(VAE_BLOCK_CHANNELS),
-            "up_block_types": ["UpDecoderBlock2D"] * len(VAE_BLOCK_CHANNELS),
+            "up_block_types": ["UpDecoderBlock2D"] * len(VAE_BLOCK_CHANNELS), "norm_num_groups": 8,
             "scaling_factor": 1.0, "shift_factor": 0.0,  # set from the trained VAE's latents
         },
         latent_patch_size=LATENT_PATCH_SIZE,

@@ -9,10 +9,9 @@ Load it offline from its folder::
     lpips.compute(predictions=recovered_images, references=clean_images)
 """
 
-import datasets
 import evaluate
 
-from robust_u1.evaluation.recovery import recovery_metrics
+from robust_u1.evaluation import metrics
 
 _DESCRIPTION = "Learned perceptual image patch similarity (lower is better) between recovered and clean images, averaged over images. Needs torchvision's ImageNet backbone weights in the torch-hub cache ($TORCH_HOME/hub/checkpoints); they are not downloaded unless allow_download=True."
 
@@ -42,16 +41,11 @@ Examples:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class LPIPS(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
-        )
+class LPIPS(metrics.RecoveryMetric):
+    metric = "lpips"
+    description = _DESCRIPTION
+    citation = _CITATION
+    inputs_description = _KWARGS_DESCRIPTION
 
     def _compute(self, predictions, references, net_type: str = "alex", allow_download: bool = False):
-        return recovery_metrics(
-            predictions, references, metrics=("lpips",), lpips_net=net_type, allow_download=allow_download
-        )
+        return super()._compute(predictions, references, lpips_net=net_type, allow_download=allow_download)

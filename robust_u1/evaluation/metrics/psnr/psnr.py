@@ -9,10 +9,9 @@ Load it offline from its folder::
     psnr.compute(predictions=recovered_images, references=clean_images)
 """
 
-import datasets
 import evaluate
 
-from robust_u1.evaluation.recovery import recovery_metrics
+from robust_u1.evaluation import metrics
 
 _DESCRIPTION = "Peak signal-to-noise ratio (dB, higher is better) between recovered and clean RGB images in [0, 1], averaged over images."
 
@@ -36,14 +35,8 @@ Examples:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class PSNR(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
-        )
-
-    def _compute(self, predictions, references):
-        return recovery_metrics(predictions, references, metrics=("psnr",))
+class PSNR(metrics.RecoveryMetric):
+    metric = "psnr"
+    description = _DESCRIPTION
+    citation = _CITATION
+    inputs_description = _KWARGS_DESCRIPTION

@@ -9,10 +9,9 @@ Load it offline from its folder::
     ssim.compute(predictions=recovered_images, references=clean_images)
 """
 
-import datasets
 import evaluate
 
-from robust_u1.evaluation.recovery import recovery_metrics
+from robust_u1.evaluation import metrics
 
 _DESCRIPTION = "Structural similarity (Gaussian window 11, sigma 1.5; higher is better) between recovered and clean RGB images in [0, 1], averaged over images."
 
@@ -43,14 +42,8 @@ Examples:
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class SSIM(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
-        )
-
-    def _compute(self, predictions, references):
-        return recovery_metrics(predictions, references, metrics=("ssim",))
+class SSIM(metrics.RecoveryMetric):
+    metric = "ssim"
+    description = _DESCRIPTION
+    citation = _CITATION
+    inputs_description = _KWARGS_DESCRIPTION
