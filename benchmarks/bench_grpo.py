@@ -61,7 +61,7 @@ def main(size=(128, 128), group_sizes=(4, 8)):
             seconds = alternating_medians({
                 "shared": functools.partial(shared_prefill_rollouts, model, inputs, noises),
                 "separate": functools.partial(separate_rollouts, model, inputs, noises),
-            }, repeats=3, warmup=1)  # fmt: skip
+            }, repeats=5, warmup=1)  # fmt: skip
             per_sample = {name: value / G for name, value in seconds.items()}
             ratio = f"×{per_sample['separate'] / per_sample['shared']:.2f}"
             print(f"{G:>3} | {per_sample['shared'] * 1e3:>26.1f} | {per_sample['separate'] * 1e3:>29.1f} | {ratio:>6}")

@@ -11,7 +11,7 @@ backward (no optimizer step) on the tiny model for batches holding two pairs of 
   projections, the MLPs and each sample's attention cost what a [B, L_max] padded batch costs).
 
 Tokens/s counts only the real tokens (the packed batch's length) in both cases. The two batches are timed
-in turns (median of 5 after 2 warm-ups each), so that other load on the machine affects both alike.
+in turns (median of 9 after 2 warm-ups each), so that other load on the machine affects both alike.
 """
 
 import functools
@@ -31,7 +31,7 @@ SIZES = (32, 64, 96, 128)
 PAIRS_PER_SIZE = 2
 
 
-def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 2) -> dict[str, float]:
+def alternating_medians(fns: dict[str, Callable[[], object]], repeats: int = 9, warmup: int = 2) -> dict[str, float]:
     """Median seconds of each function, run in turns, so that load from other processes hits all alike."""
     times = {name: [] for name in fns}
     for round_index in range(warmup + repeats):

@@ -12,11 +12,11 @@ Examples:
 
 ```bash
 # offline smoke run on CPU: tiny random model, synthetic pairs, randomly initialised CLIP
-python examples/train_grpo.py --output runs/grpo-demo --clip-pretrained none
+python examples/train_grpo.py --output outputs/grpo-demo --clip-pretrained none
 # the real thing on 8 GPUs, starting from the stage I checkpoint
 accelerate launch --config_file examples/accelerate/fsdp2.yaml examples/train_grpo.py \\
     --model Jiaqi-hkust/Robust-U1-SFT --dtype bfloat16 --dataset data/robust_r1/data.jsonl \\
-    --output runs/stage2 --num-generations 16 --batch-size 1 --max-steps 1000
+    --output outputs/stage2 --num-generations 16 --batch-size 1 --max-steps 1000
 ```
 """
 

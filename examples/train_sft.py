@@ -13,11 +13,11 @@ Examples:
 
 ```bash
 # offline smoke run on CPU: tiny random model, synthetic pairs, a few steps
-python examples/train_sft.py --output runs/sft-demo
+python examples/train_sft.py --output outputs/sft-demo
 # the real thing on 8 GPUs (see examples/accelerate/README.md for memory and the other configs)
 accelerate launch --config_file examples/accelerate/fsdp2.yaml examples/train_sft.py \\
-    --model ByteDance-Seed/BAGEL-7B-MoT --dataset data/recovery/data.jsonl --output runs/stage1 \\
-    --max-steps 5000 --batch-size 1 --grad-accum 4 --ema-decay 0.999
+    --model ByteDance-Seed/BAGEL-7B-MoT --dtype bfloat16 --dataset data/recovery/data.jsonl --output outputs/stage1 \\
+    --max-steps 5000 --batch-size 1 --grad-accum 4
 ```
 """
 
@@ -58,8 +58,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, corruptions: str, max_
     """Model, data, run and Hub arguments shared by the stage I and stage II examples."""
     parser.add_argument("--model", default=TINY_MODEL, help=f"checkpoint folder or Hub id ({TINY_MODEL!r}: offline tiny random model)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="dtype the weights are loaded in: float32 master weights for full fine-tuning (use bf16 "
-                             "mixed precision), bfloat16 halves the frozen base under LoRA")  # fmt: skip
+                        help="dtype the weights are loaded in; bfloat16 halves the frozen weights (LoRA, and full fine-tuning "
+                             "under FSDP2 / DeepSpeed, which keep fp32 copies of the trained ones; a lone GPU does not)")  # fmt: skip
     parser.add_argument("--dataset", help="official JSONL file (or folder with data.jsonl), image folder, or Hub dataset id; default: synthetic pictures")
     parser.add_argument("--split", default="train", help="split of a Hub dataset")
     parser.add_argument("--image-column", default="image", help="image column of a Hub dataset without (corrupted, clean) pairs")
@@ -68,7 +68,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, corruptions: str, max_
     parser.add_argument("--synthetic-images", type=int, default=16, help="number of synthetic pictures when no --dataset is given")
     parser.add_argument("--vae-max-size", type=int, help="long side of the VAE images (default: the processor's, 1024 for BAGEL)")
     parser.add_argument("--vae-min-size", type=int, help="short side of the VAE images (default: the processor's, 512 for BAGEL)")
-    parser.add_argument("--output", default=f"runs/{parser.prog.removesuffix('.py')}", help="checkpoints, final model and model card")
+    parser.add_argument("--output", default=f"outputs/{parser.prog.removesuffix('.py')}", help="checkpoints, final model and model card")
     parser.add_argument("--max-steps", type=int, default=max_steps, help="optimizer steps (the default is a smoke run)")
     parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--lora-alpha", type=int, help="LoRA alpha (default: 2·r)")

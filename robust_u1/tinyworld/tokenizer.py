@@ -42,6 +42,7 @@ def world_texts() -> list[str]:
         texts.append(build_mcq_prompt("", list(OPTION_LETTERS), recover=recover, hint=""))
         texts.append(build_open_prompt("", recover=recover))
     texts += ["How many shapes are there?", "There is one shape.", *(f"There are {n} shapes." for n in COUNT_WORDS)]
+    texts += ["I see a red circle at the top left, a red circle at the top left and a red circle at the top left."]
     for color, shape, position in product(COLORS, SHAPES, POSITIONS):
         texts += [
             f"What color is the {shape}?", f"The {shape} is {color}.",

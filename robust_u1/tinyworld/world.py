@@ -41,7 +41,7 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
 QUESTION_KINDS: tuple[str, ...] = ("count", "color", "shape", "position")
-OPTION_LETTERS = "ABCD"
+OPTION_LETTERS = "ABCDE"
 
 # Scenes per split (a fixed partition of the seed's scene streams).
 SPLIT_SIZES: dict[str, int] = {"train": 4000, "validation": 200, "test": 400}
@@ -131,10 +131,27 @@ class Scene:
                 draw.polygon([(x, y - r), (x + r, y + 0.8 * r), (x - r, y + 0.8 * r)], fill=fill)
         return canvas.resize((size, size), Image.BOX)
 
+    def description(self) -> str:
+        """What the scene shows, quadrant by quadrant: the first sentence of every reasoning.
+
+        Example:
+
+        ```python
+        >>> TinyWorld(0).scene("test", 0).description()
+        'I see a red circle at the bottom right.'
+        ```
+        """
+        parts = [f"a {o.color} {o.shape} at the {o.position}" for o in self.objects]
+        listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+        return f"I see {listed}."
+
     def questions(self) -> list[Question]:
         """Every question the scene supports, in a fixed order: count, then per object colour (if its
-        shape is unique), shape (if its colour is unique) and position. Options are shuffled with the
-        scene's own generator.
+        shape is unique), shape (if its colour is unique) and position.
+
+        Options are always listed in the world's canonical order (all colours, shapes, positions or
+        counts), so the answer letter follows from the fact; the reasoning is the scene description
+        followed by that fact. Both keep the task learnable by a 2 M-parameter model in minutes.
 
         Example:
 
@@ -143,27 +160,21 @@ class Scene:
         ['count', 'color']
         ```
         """
-        rng = np.random.default_rng([self.seed, _SPLIT_IDS[self.split], self.index, 1])
+        description = self.description()
         count = len(self.objects)
         shape_counts = {shape: sum(o.shape == shape for o in self.objects) for shape in SHAPES}
         color_counts = {color: sum(o.color == color for o in self.objects) for color in COLORS}
         count_fact = "There is one shape." if count == 1 else f"There are {COUNT_WORDS[count - 1]} shapes."
-        questions = [_question(rng, "count", "How many shapes are there?", COUNT_WORDS[count - 1], COUNT_WORDS, count_fact)]
+        questions = [_question("count", "How many shapes are there?", COUNT_WORDS[count - 1], COUNT_WORDS, description, count_fact)]
         for item in self.objects:
             if shape_counts[item.shape] == 1:
-                questions.append(
-                    _question(rng, "color", f"What color is the {item.shape}?", item.color, tuple(COLORS),
-                              f"The {item.shape} is {item.color}.", num_options=4)  # fmt: skip
-                )
+                questions.append(_question("color", f"What color is the {item.shape}?", item.color, tuple(COLORS),
+                                           description, f"The {item.shape} is {item.color}."))  # fmt: skip
             if color_counts[item.color] == 1:
-                questions.append(
-                    _question(rng, "shape", f"Which shape is {item.color}?", item.shape, SHAPES,
-                              f"The {item.color} shape is a {item.shape}.")  # fmt: skip
-                )
-            questions.append(
-                _question(rng, "position", f"Where is the {item.color} {item.shape}?", item.position, POSITIONS,
-                          f"The {item.color} {item.shape} is at the {item.position}.")  # fmt: skip
-            )
+                questions.append(_question("shape", f"Which shape is {item.color}?", item.shape, SHAPES,
+                                           description, f"The {item.color} shape is a {item.shape}."))  # fmt: skip
+            questions.append(_question("position", f"Where is the {item.color} {item.shape}?", item.position, POSITIONS,
+                                       description, f"The {item.color} {item.shape} is at the {item.position}."))  # fmt: skip
         return questions
 
     def question(self, kind: str) -> Question:
@@ -180,13 +191,8 @@ class Scene:
         return matching[0] if matching else self.questions()[0]
 
 
-def _question(rng, kind: str, text: str, answer: str, vocabulary: Sequence[str], reasoning: str, num_options: int | None = None) -> Question:
-    distractors = [value for value in vocabulary if value != answer]
-    if num_options is not None:
-        distractors = [distractors[i] for i in rng.permutation(len(distractors))[: num_options - 1]]
-    options = [answer, *distractors]
-    options = tuple(options[i] for i in rng.permutation(len(options)))
-    return Question(kind, text, options, OPTION_LETTERS[options.index(answer)], reasoning)
+def _question(kind: str, text: str, answer: str, options: Sequence[str], description: str, fact: str) -> Question:
+    return Question(kind, text, tuple(options), OPTION_LETTERS[list(options).index(answer)], f"{description} {fact}")
 
 
 class TinyWorld:
@@ -222,7 +228,7 @@ class TinyWorld:
             radius = float(rng.uniform(4.5, 6.5))
             row, col = divmod(int(quadrant), 2)
             jitter = rng.uniform(-1.5, 1.5, 2)
-            center = (8.0 + 16 * col + jitter[0], 8.0 + 16 * row + jitter[1])
+            center = (8.0 + 16 * col + float(jitter[0]), 8.0 + 16 * row + float(jitter[1]))
             color, shape = pairs[int(pair)]
             objects.append(WorldObject(color, shape, POSITIONS[int(quadrant)], center, radius))
         return Scene(split, index, self.seed, background, tuple(objects))

@@ -22,11 +22,11 @@ from ..flow_grpo_math import clipped_policy_loss, gaussian_kl, grpo_advantages, 
 from ..generation_robust_u1 import EditContexts, EditInputs
 from ..rewards import compute_rewards, reward_name
 from ..sampling import GuidanceConfig, euler_step, flow_timesteps
-from .utils import prepare_model_for_training, render_training_card, sample_generator
+from .utils import ImageBoundsArguments, model_for_calls, prepare_model_for_training, render_training_card, sample_generator
 
 
 @dataclass
-class FlowGRPOConfig(TrainingArguments):
+class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
     r"""
     Configuration of [`FlowGRPOTrainer`] (stage II). TRL's names where the concept is the same.
 
@@ -56,6 +56,11 @@ class FlowGRPOConfig(TrainingArguments):
             by rollouts and by the recomputation in the loss (Robust-U1 demo defaults).
         sample_posterior (`bool`, defaults to `True`): encode the corrupted image with a posterior
             sample (BAGEL) rather than its mode.
+        vae_max_size, vae_min_size, vit_max_size, vit_min_size (`int` or `None`): image size bounds;
+            None keeps the processor's.
+
+    All G rollouts of an image run on one device (their context is prefilled once there), so
+    G bounds the per-device memory; flow_grpo and TRL instead spread a group over processes.
     """
 
     num_generations: int = field(default=16, metadata={"help": "Rollouts per corrupted image (G)."})
@@ -205,6 +210,7 @@ class FlowGRPOTrainer(Trainer):
         self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"{len(self.reward_funcs)} reward functions but {len(args.reward_weights)} reward_weights.")
+        args.apply_image_bounds(processing_class)
         model = prepare_model_for_training(model, peft_config)
         super().__init__(
             model=model, args=args, data_collator=_identity_collator, train_dataset=train_dataset,
@@ -218,11 +224,6 @@ class FlowGRPOTrainer(Trainer):
     def _get_train_sampler(self, *args, **kwargs):
         return RepeatSampler(self.train_dataset, self.args.num_generations, seed=self.args.seed)
 
-    @property
-    def base_model(self):
-        model = self.accelerator.unwrap_model(self.model)
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
     # -- generation: rollouts, rewards, advantages ---------------------------------------------
 
     def _prepare_inputs(self, examples: list[dict[str, Any]]) -> Rollouts:
@@ -234,7 +235,7 @@ class FlowGRPOTrainer(Trainer):
 
     @torch.no_grad()
     def _generate(self, examples: list[dict[str, Any]]) -> Rollouts:
-        args, model = self.args, self.base_model
+        args, model = self.args, model_for_calls(self)
         G = args.num_generations
         groups = examples[::G]
         group_of_rollout = [i // G for i in range(len(examples))]
@@ -296,7 +297,7 @@ class FlowGRPOTrainer(Trainer):
         from ..evaluation.prompts import RECOVERY_PROMPT
 
         prompts = [example.get("prompt") or RECOVERY_PROMPT for example in examples]
-        return self.base_model.prepare_edit_inputs([e["image"] for e in examples], prompts, self.processing_class)
+        return model_for_calls(self).prepare_edit_inputs([e["image"] for e in examples], prompts, self.processing_class)
 
     def _sde_step(self, velocity, sample, timesteps, k, noise=None, prev_sample=None):
         """One rollout's SDE step (batch of one: images of a batch may have different token counts)."""
@@ -311,7 +312,7 @@ class FlowGRPOTrainer(Trainer):
     def _window_means(self, contexts: EditContexts, rollouts: Rollouts, j: int):
         """Recomputed SDE log-probs (and means, stds) of window step j for every rollout."""
         k = rollouts.window[j]
-        velocities = self.base_model.guided_velocities(contexts, rollouts.samples[j], rollouts.timesteps[k], self.args.guidance())
+        velocities = model_for_calls(self).guided_velocities(contexts, rollouts.samples[j], rollouts.timesteps[k], self.args.guidance())
         outs = [
             self._sde_step(v, x, rollouts.timesteps, k, prev_sample=x_next)
             for v, x, x_next in zip(velocities, rollouts.samples[j], rollouts.next_samples[j])
@@ -319,7 +320,7 @@ class FlowGRPOTrainer(Trainer):
         return outs
 
     def _contexts(self, rollouts: Rollouts) -> EditContexts:
-        model = self.base_model
+        model = model_for_calls(self)
         return model.build_edit_contexts(rollouts.inputs, latents=rollouts.latents).select(rollouts.group_of_rollout)
 
     def compute_loss(self, model, inputs: Rollouts, return_outputs=False, num_items_in_batch=None):

@@ -18,11 +18,19 @@ from transformers import Trainer, TrainingArguments
 
 from ..collators import RecoveryCollator
 from ..evaluation.prompts import RECOVERY_PROMPT
-from .utils import EMACallback, EMAWeights, prepare_model_for_training, render_training_card, sample_generator
+from .utils import (
+    EMACallback,
+    EMAWeights,
+    ImageBoundsArguments,
+    model_for_calls,
+    prepare_model_for_training,
+    render_training_card,
+    sample_generator,
+)
 
 
 @dataclass
-class FlowMatchingConfig(TrainingArguments):
+class FlowMatchingConfig(ImageBoundsArguments, TrainingArguments):
     r"""
     Configuration of [`FlowMatchingTrainer`] (stage I). Defaults follow BAGEL's fine-tuning recipe.
 
@@ -51,10 +59,6 @@ class FlowMatchingConfig(TrainingArguments):
     train_understanding: bool = field(default=False, metadata={"help": "Also train the understanding path."})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA decay of the trained weights (0 = off)."})
     max_tokens_per_batch: int | None = field(default=None, metadata={"help": "Packing budget per batch."})
-    vae_max_size: int | None = field(default=None, metadata={"help": "Long-side bound of VAE images."})
-    vae_min_size: int | None = field(default=None, metadata={"help": "Short-side bound of VAE images."})
-    vit_max_size: int | None = field(default=None, metadata={"help": "Long-side bound of ViT images."})
-    vit_min_size: int | None = field(default=None, metadata={"help": "Short-side bound of ViT images."})
     recovery_prompt: str = field(default=RECOVERY_PROMPT, metadata={"help": "The recovery prompt P_rec."})
 
     learning_rate: float = field(default=2e-5, metadata={"help": "BAGEL fine-tuning learning rate."})
@@ -67,10 +71,6 @@ class FlowMatchingConfig(TrainingArguments):
         super().__post_init__()
         if self.activation_checkpointing_kwargs is None:
             self.activation_checkpointing_kwargs = {"use_reentrant": False}  # the layers take non-tensor inputs
-
-    def image_bounds(self) -> dict[str, int]:
-        names = ("vae_max_size", "vae_min_size", "vit_max_size", "vit_min_size")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class FlowMatchingTrainer(Trainer):
@@ -118,8 +118,7 @@ class FlowMatchingTrainer(Trainer):
         processing_class = processing_class or getattr(model, "processor", None)
         if processing_class is None:
             raise ValueError("FlowMatchingTrainer needs the model's processor: pass `processing_class=`.")
-        for name, value in args.image_bounds().items():
-            setattr(processing_class.image_processor, name, value)
+        args.apply_image_bounds(processing_class)
         config = model.config
         model = prepare_model_for_training(model, peft_config, args.train_understanding)
         data_collator = data_collator or RecoveryCollator(processing_class, config, args.recovery_prompt, args.max_tokens_per_batch)
@@ -130,6 +129,11 @@ class FlowMatchingTrainer(Trainer):
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._micro_step = (-1, 0)
         self._eval_batches = 0
+        if args.ema_decay > 0 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            raise ValueError(
+                "ema_decay > 0 is not supported with FSDP or DeepSpeed yet (the EMA copy would be built from "
+                "unsharded weights on every process): set ema_decay=0 or train with DDP."
+            )
         self.ema = EMAWeights(self.model, args.ema_decay) if args.ema_decay > 0 else None
         if self.ema is not None:
             self.add_callback(EMACallback(self.ema, self.model))
@@ -159,21 +163,20 @@ class FlowMatchingTrainer(Trainer):
         counts = inputs.pop("vae_image_token_counts", None)
         if images is None:
             return inputs
-        base = self.accelerator.unwrap_model(model)
-        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        caller = model_for_calls(self)
         streams = self._sample_streams(model, inputs)
         latents, timesteps, noise = [], [], []
         for image, noisy, owner, count in zip(images, is_noisy, owners, counts):
             generator = streams[owner]
             # The VAE encodes each image at its own size (padding would change the latents at the edges).
-            latents.append(base.encode_images(image[None], sample_posterior=True, generator=generator)[0].cpu())
+            latents.append(caller.encode_images(image[None], sample_posterior=True, generator=generator)[0].cpu())
             raw = torch.randn((), generator=generator) if noisy else torch.tensor(float("-inf"))
             timesteps.append(raw.expand(count))
-            noise.append(torch.randn(count, base.config.patch_latent_dim, generator=generator))
+            noise.append(torch.randn(count, caller.config.patch_latent_dim, generator=generator))
         height = max(z.shape[1] for z in latents)
         width = max(z.shape[2] for z in latents)
         padded = torch.stack([F.pad(z, (0, width - z.shape[2], 0, height - z.shape[1])) for z in latents])
-        device = base.device
+        device = next(caller.parameters()).device
         inputs.setdefault("padded_latent", padded.to(device))
         inputs.setdefault("packed_timesteps", torch.cat(timesteps).to(device))
         inputs.setdefault("noise", torch.cat(noise).to(device))

@@ -4,7 +4,7 @@ per-sample random streams and the model card."""
 from __future__ import annotations
 
 import os
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,44 @@ from transformers import TrainerCallback
 # (the official `freeze_und`).
 GENERATION_PARAMETER_MARKERS = ("_moe_gen", "time_embedder.", "vae2llm.", "llm2vae.")
 GENERATION_LORA_TARGETS = r".*\.(q_proj_moe_gen|k_proj_moe_gen|v_proj_moe_gen|o_proj_moe_gen|mlp_moe_gen\.(gate_proj|up_proj|down_proj))"
+
+
+# Methods the trainers call besides forward; FSDP2 must gather parameters around them too.
+FSDP_FORWARD_METHODS = ("encode_images", "encode_edit_latents", "build_edit_contexts", "guided_velocities", "_postprocess_latents")
+
+
+@dataclass
+class ImageBoundsArguments:
+    """Image size bounds of the training stages; None keeps the processor's (VAE 1024/512, ViT 980/224)."""
+
+    vae_max_size: int | None = field(default=None, metadata={"help": "Long-side bound of VAE images."})
+    vae_min_size: int | None = field(default=None, metadata={"help": "Short-side bound of VAE images."})
+    vit_max_size: int | None = field(default=None, metadata={"help": "Long-side bound of ViT images."})
+    vit_min_size: int | None = field(default=None, metadata={"help": "Short-side bound of ViT images."})
+
+    def apply_image_bounds(self, processor) -> None:
+        for name in ("vae_max_size", "vae_min_size", "vit_max_size", "vit_min_size"):
+            if getattr(self, name) is not None:
+                setattr(processor.image_processor, name, getattr(self, name))
+
+
+def model_for_calls(trainer):
+    """The model whose non-forward methods (encode, prefill, guided velocities…) a training step calls.
+
+    Under FSDP2 that is the wrapped root, with those methods registered so that the sharded
+    parameters are gathered around them; otherwise the unwrapped model (DDP hides methods).
+    """
+    try:
+        from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+    except ImportError:  # torch without FSDP2
+        return trainer.accelerator.unwrap_model(trainer.model)
+    if isinstance(trainer.model, FSDPModule):
+        if not getattr(trainer.model, "_robust_u1_methods_registered", False):
+            for name in FSDP_FORWARD_METHODS:
+                register_fsdp_forward_method(trainer.model, name)
+            trainer.model._robust_u1_methods_registered = True
+        return trainer.model
+    return trainer.accelerator.unwrap_model(trainer.model)
 
 
 def is_generation_parameter(name: str) -> bool:
