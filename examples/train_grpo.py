@@ -25,10 +25,22 @@ from __future__ import annotations
 import argparse
 
 from accelerate import PartialState
-from train_sft import add_common_arguments, load_model, load_pairs, lora_config, run_arguments, train_and_save
+from train_sft import (
+    add_common_arguments,
+    load_model,
+    load_pairs,
+    lora_config,
+    run_arguments,
+    train_and_save,
+)
 
 from robust_u1 import FlowGRPOConfig, FlowGRPOTrainer
-from robust_u1.rewards import OFFICIAL_REWARD_WEIGHTS, CLIPSimilarityReward, SSIMReward, reward_name
+from robust_u1.rewards import (
+    OFFICIAL_REWARD_WEIGHTS,
+    CLIPSimilarityReward,
+    SSIMReward,
+    reward_name,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -33,6 +33,7 @@ from robust_u1.reasoning import (
     ReasoningCollator,
     answer_token_loss,
     build_reasoning_dataset,
+    create_reasoning_model_card,
     load_robust_r1_jsonl,
     reasoning_training_arguments,
     understanding_lora_config,
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     after = answer_token_loss(model, split["test"], collator, batch_size=args.batch_size)
     trainer.save_model(str(output / "final"))
     processor.save_pretrained(str(output / "final"))
+    trainer.args.output_dir = str(output / "final")
+    create_reasoning_model_card(trainer, dataset_name=args.dataset)
 
     metrics = {"held_out_answer_loss_before": before, "held_out_answer_loss_after": after}
     (output / "reasoning_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -31,7 +31,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from robust_u1 import FlowMatchingConfig, FlowMatchingTrainer, RobustU1ForConditionalGeneration, generation_lora_config
+from robust_u1 import (
+    FlowMatchingConfig,
+    FlowMatchingTrainer,
+    RobustU1ForConditionalGeneration,
+    generation_lora_config,
+)
 from robust_u1.data import build_recovery_dataset, load_jsonl
 from robust_u1.data.recovery import JSONL_NAME
 from robust_u1.tiny import tiny_random_model

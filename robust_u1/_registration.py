@@ -1,6 +1,12 @@
 """Registers Robust-U1 with transformers' Auto classes and the ``robust-vqa`` pipeline task."""
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_robust_u1 import RobustU1Config

@@ -98,7 +98,12 @@ def run_convert(args) -> int:
 
 def run_eval(args) -> int:
     from .corruptions import degrade_at_level
-    from .evaluation import evaluate_benchmark, load_mcq_benchmark, load_rbench, write_report
+    from .evaluation import (
+        evaluate_benchmark,
+        load_mcq_benchmark,
+        load_rbench,
+        write_report,
+    )
 
     if args.benchmark.lower().replace("-", "") == "rbench":
         benchmark = load_rbench(_judge(args), **({"source": args.source} if args.source else {}))

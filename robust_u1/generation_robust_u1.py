@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
+from transformers import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from .evaluation.options import extract_option, final_answer_text, strip_reasoning
 from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
@@ -416,7 +420,14 @@ class RobustU1GenerationMixin:
         unpatched = [self.tokens_to_latent(x, grid) for x, grid in zip(latents, grids)]
         if output_type == "latent":
             return unpatched
-        images = [self.decode_latents(z[None].to(self.dtype))[0].float() for z in unpatched]
+        images: list[torch.Tensor] = [None] * len(unpatched)
+        same_size: dict[tuple[int, ...], list[int]] = {}
+        for index, z in enumerate(unpatched):
+            same_size.setdefault(tuple(z.shape), []).append(index)
+        for indices in same_size.values():  # one VAE decode per image size (G rollouts share one)
+            decoded = self.decode_latents(torch.stack([unpatched[i] for i in indices]).to(self.dtype)).float()
+            for index, image in zip(indices, decoded):
+                images[index] = image
         unit = [(img * 0.5 + 0.5).clamp(0, 1) for img in images]
         if output_type == "pt":
             return unit

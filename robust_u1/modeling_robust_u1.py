@@ -19,11 +19,21 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding, apply_rotary_pos_emb
+from transformers.models.qwen2.modeling_qwen2 import (
+    Qwen2MLP,
+    Qwen2RMSNorm,
+    Qwen2RotaryEmbedding,
+    apply_rotary_pos_emb,
+)
 from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 from transformers.utils import ModelOutput
 
-from .attention import PackedAttentionLayout, packed_flex_attention, packed_sdpa, resolve_attention_backend
+from .attention import (
+    PackedAttentionLayout,
+    packed_flex_attention,
+    packed_sdpa,
+    resolve_attention_backend,
+)
 from .configuration_robust_u1 import RobustU1Config
 from .generation_robust_u1 import RobustU1GenerationMixin
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
@@ -398,7 +408,11 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16)
         ```
         """
-        from .convert_bagel_weights_to_hf import load_official_checkpoint, official_processor, resolve_official_checkpoint
+        from .convert_bagel_weights_to_hf import (
+            load_official_checkpoint,
+            official_processor,
+            resolve_official_checkpoint,
+        )
         from .processing_robust_u1 import RobustU1Processor
 
         official = resolve_official_checkpoint(pretrained_model_name_or_path, **kwargs)

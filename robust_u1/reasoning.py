@@ -589,3 +589,30 @@ __all__ = [
     "reasoning_training_arguments",
     "understanding_lora_config",
 ]
+
+
+REASONING_CARD_HYPERPARAMETERS = (
+    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_train_epochs",
+    "lr_scheduler_type", "warmup_steps", "seed",
+)  # fmt: skip
+
+
+def create_reasoning_model_card(trainer, model_name: str | None = None, dataset_name: str | None = None):
+    """Writes the stage III model card (``model_cards/training.md.jinja``) into the trainer's output folder.
+
+    Example:
+
+    ```python
+    >>> trainer = Trainer(model, reasoning_training_arguments("robust-u1-final"), data_collator=collator, ...)
+    >>> trainer.train()
+    >>> create_reasoning_model_card(trainer, dataset_name="jqtangust/Robust-R1")
+    ```
+    """
+    from .trainers.utils import write_training_card
+
+    return write_training_card(
+        trainer, "stage III (multimodal reasoning over the corrupted and the recovered image)",
+        "Stage III teaches the model to answer from the interleaved corrupted image, its own recovery and the "
+        "question, with next-token loss on the reasoning and the answer.",
+        REASONING_CARD_HYPERPARAMETERS, model_name, dataset_name,
+    )  # fmt: skip

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .image_io import open_image
-
 from .registry import corrupt
 
 if TYPE_CHECKING:

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 
 from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
+from ..evaluation.prompts import RECOVERY_PROMPT
 from .caching import cache_file_name, fingerprint
 
-from ..evaluation.prompts import RECOVERY_PROMPT
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 JSONL_NAME = "data.jsonl"
 RECOVERY_FEATURES = datasets.Features(

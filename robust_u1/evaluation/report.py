@@ -6,8 +6,8 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import EvalResult
 

@@ -38,7 +38,12 @@ from transformers import Trainer
 
 from ..reasoning import build_reasoning_dataset, reasoning_training_arguments
 from ..rewards import SSIMReward
-from ..trainers import FlowGRPOConfig, FlowGRPOTrainer, FlowMatchingConfig, FlowMatchingTrainer
+from ..trainers import (
+    FlowGRPOConfig,
+    FlowGRPOTrainer,
+    FlowMatchingConfig,
+    FlowMatchingTrainer,
+)
 from .data import AnswerCollator, GuidanceDropoutCollator, question_rows, recovery_pairs
 from .model import new_tinyworld_model
 from .world import TinyWorld

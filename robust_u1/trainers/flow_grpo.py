@@ -11,18 +11,29 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
 
-from ..flow_grpo_math import clipped_policy_loss, gaussian_kl, grpo_advantages, sample_sde_window, sde_step_with_logprob
+from ..flow_grpo_math import (
+    clipped_policy_loss,
+    gaussian_kl,
+    grpo_advantages,
+    sample_sde_window,
+    sde_step_with_logprob,
+)
 from ..generation_robust_u1 import EditContexts, EditInputs
 from ..rewards import compute_rewards, reward_name
 from ..sampling import GuidanceConfig, euler_step, flow_timesteps
-from .utils import ImageBoundsArguments, model_for_calls, prepare_model_for_training, render_training_card, sample_generator
+from .utils import (
+    ImageBoundsArguments,
+    model_for_calls,
+    prepare_model_for_training,
+    sample_generator,
+    write_training_card,
+)
 
 
 @dataclass
@@ -378,12 +389,8 @@ class FlowGRPOTrainer(Trainer):
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
         """Writes README.md in the output folder from ``model_cards/training.md.jinja``."""
-        if not self.is_world_process_zero():
-            return
-        card = render_training_card(
+        write_training_card(
             self, self._stage, "Stage II aligns the recovery module with pixel-level structure (SSIM) and "
             "semantics (CLIP similarity) by Flow-GRPO on the stochastic flow sampler.",
             self._card_hyperparameters, model_name, dataset_name,
         )  # fmt: skip
-        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.args.output_dir) / "README.md").write_text(card)

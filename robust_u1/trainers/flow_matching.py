@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,8 +23,8 @@ from .utils import (
     ImageBoundsArguments,
     model_for_calls,
     prepare_model_for_training,
-    render_training_card,
     sample_generator,
+    write_training_card,
 )
 
 
@@ -227,12 +226,8 @@ class FlowMatchingTrainer(Trainer):
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, **kwargs) -> None:
         """Writes README.md in the output folder from ``model_cards/training.md.jinja``."""
-        if not self.is_world_process_zero():
-            return
-        card = render_training_card(
+        write_training_card(
             self, self._stage, "Stage I turns BAGEL's image generator into a recovery module: given the corrupted "
             "image and P_rec it learns by flow matching to generate the clean image.",
             self._card_hyperparameters, model_name, dataset_name,
         )  # fmt: skip
-        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(self.args.output_dir) / "README.md").write_text(card)

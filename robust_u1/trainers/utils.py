@@ -158,7 +158,7 @@ def training_hyperparameters(args, names: tuple[str, ...]) -> dict[str, Any]:
 
 def render_training_card(trainer, stage: str, stage_description: str, hyperparameter_names: tuple[str, ...],
                          model_name: str | None = None, dataset_name: str | list[str] | None = None) -> str:  # fmt: skip
-    """The README.md of a trainer's output, from ``model_cards/training.md.jinja``."""
+    """The README.md of a trainer's output (any `transformers.Trainer`), from ``model_cards/training.md.jinja``."""
     from huggingface_hub import ModelCardData
 
     from ..model_cards import render_card
@@ -170,7 +170,8 @@ def render_training_card(trainer, stage: str, stage_description: str, hyperparam
     is_adapter = hasattr(model, "peft_config")
     datasets = [dataset_name] if isinstance(dataset_name, str) else list(dataset_name or [])
     card_data = ModelCardData(
-        base_model=base, datasets=datasets or None, library_name="robust-u1", tags=list(trainer._tag_names),
+        base_model=base, datasets=datasets or None, library_name="robust-u1",
+        tags=list(getattr(trainer, "_tag_names", ["robust-u1"])),
         pipeline_tag="image-text-to-text",
     )  # fmt: skip
     adapter_summary = ""
@@ -192,3 +193,14 @@ def render_training_card(trainer, stage: str, stage_description: str, hyperparam
         hyperparameters=training_hyperparameters(trainer.args, hyperparameter_names),
         results=None,
     )
+
+
+def write_training_card(trainer, stage: str, stage_description: str, hyperparameter_names: tuple[str, ...],
+                        model_name: str | None = None, dataset_name: str | list[str] | None = None) -> Path:  # fmt: skip
+    """Writes the rendered card as README.md in the trainer's output folder (main process only)."""
+    path = Path(trainer.args.output_dir) / "README.md"
+    if trainer.is_world_process_zero():
+        card = render_training_card(trainer, stage, stage_description, hyperparameter_names, model_name, dataset_name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(card)
+    return path
