@@ -86,7 +86,8 @@ class RecordingHfApi:
         return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
 
 
-def test_push_artifact_commits_the_adapter_with_card_and_results(tmp_path):
+@pytest.mark.parametrize("lora", [True, False], ids=["adapter", "full-model"])
+def test_push_artifact_commits_the_stage_output_with_card_and_results(tmp_path, lora):
     from datasets import Dataset
 
     from robust_u1 import FlowMatchingConfig, FlowMatchingTrainer, generation_lora_config
@@ -97,7 +98,8 @@ def test_push_artifact_commits_the_adapter_with_card_and_results(tmp_path):
     model, _ = tiny_random_model()
     rows = [{"image": Image.fromarray(np.zeros((32, 32, 3), np.uint8)), "target_image": Image.fromarray(np.ones((32, 32, 3), np.uint8))}]
     args = FlowMatchingConfig(str(tmp_path / "sft"), max_steps=1, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
-    trainer = FlowMatchingTrainer(model, args, train_dataset=Dataset.from_list(rows), peft_config=generation_lora_config(r=2, lora_alpha=4))
+    peft_config = generation_lora_config(r=2, lora_alpha=4) if lora else None
+    trainer = FlowMatchingTrainer(model, args, train_dataset=Dataset.from_list(rows), peft_config=peft_config)
     trainer.train()
     trainer.save_model()
     trainer.create_model_card(dataset_name="me/pairs")
@@ -108,10 +110,13 @@ def test_push_artifact_commits_the_adapter_with_card_and_results(tmp_path):
     assert url == "https://hub/me/robust-u1-sft/commit/1"
     assert api.calls[0] == ("create_repo", "me/robust-u1-sft", {"private": True, "exist_ok": True})
     _, repo, files, message, _ = api.calls[1]
-    assert repo == "me/robust-u1-sft" and message == "Upload Robust-U1 adapter"
-    assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "processor_config.json", "tokenizer.json"} <= set(files)
+    kind = "adapter" if lora else "model"
+    assert repo == "me/robust-u1-sft" and message == f"Upload Robust-U1 {kind}"
+    weights = {"adapter_config.json", "adapter_model.safetensors"} if lora else {"config.json", "model.safetensors"}
+    assert weights | {"README.md", "processor_config.json", "tokenizer.json"} <= set(files)
     card = (tmp_path / "sft" / "README.md").read_text()
-    assert "FlowMatchingTrainer" in card and "PeftModel.from_pretrained" in card and "me/pairs" in card
+    assert "FlowMatchingTrainer" in card and "me/pairs" in card
+    assert ("PeftModel.from_pretrained" in card) == lora
     assert "model-index" in card and "Accuracy (recover, 100%)" in card and "value: 25.0" in card
 
 
