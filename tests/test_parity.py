@@ -185,7 +185,7 @@ def test_edit_full_denoising_loop(parity_model, golden, renorm):
     expected = (golden[f"{prefix}/decoded_image"][0] * 0.5 + 0.5).clamp(0, 1)
     assert_close(decoded, expected, f"{prefix}/decoded_image")
     (image,) = model.recover(edit_inputs(golden), output_type="pil", **kwargs)
-    diff = (torch.from_numpy(np.asarray(image)).int() - golden[f"{prefix}/decoded_image_uint8"].int()).abs().max()
+    diff = (torch.from_numpy(np.array(image)).int() - golden[f"{prefix}/decoded_image_uint8"].int()).abs().max()
     assert diff <= 1, "uint8 images may differ by 1 through the truncating conversion"
 
     # Step by step: the velocities and latents entering every step.
