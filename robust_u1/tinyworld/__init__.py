@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .data import AnswerCollator, GuidanceDropoutCollator, question_rows, recovery_pairs
+from .data import GuidanceDropoutCollator, TinyWorldCollator, question_rows, recovery_pairs
 from .model import new_tinyworld_model, tinyworld_config, tinyworld_processor
 from .tokenizer import tinyworld_tokenizer, unknown_words
 from .world import CORRUPTIONS, LEVELS, Question, Scene, TinyWorld, corrupt_scene_image
@@ -69,11 +69,11 @@ __all__ = [
     "LEVELS",
     "TINYWORLD_CHECKPOINT",
     "TINYWORLD_STAGE_CHECKPOINTS",
-    "AnswerCollator",
     "GuidanceDropoutCollator",
     "Question",
     "Scene",
     "TinyWorld",
+    "TinyWorldCollator",
     "corrupt_scene_image",
     "load_tinyworld",
     "new_tinyworld_model",

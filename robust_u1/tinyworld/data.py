@@ -11,7 +11,7 @@ Example:
 >>> world = TinyWorld(seed=0)
 >>> pairs = recovery_pairs(world, count=8, seed=0)
 >>> rows = question_rows(world, "train", count=8, levels=("clean",), seed=0)
->>> batch = AnswerCollator(processor, model.config)(rows[:2])
+>>> batch = TinyWorldCollator(processor, model.config)(rows[:2] + pairs[:2])
 ```
 """
 
@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..collators import PackedBatchBuilder, RecoveryCollator, TextItem, VitItem
+from ..collators import PackedBatchBuilder, RecoveryCollator, TextItem, VaeItem, VitItem
 from ..evaluation.prompts import build_mcq_prompt
 from ..reasoning import ReasoningCollator, format_reasoning_target
 from .world import LEVELS, QUESTION_KINDS, TinyWorld, corrupt_scene_image
@@ -94,41 +94,6 @@ def question_rows(
     return rows
 
 
-class AnswerCollator:
-    """Packs question rows for the standard `Trainer`: rows with a ``recovered_image`` become stage III
-    samples [ViT(I_c), ViT(I_r), prompt, target] (`ReasoningCollator`, the layout of
-    ``model.answer(..., recover=True)``); rows without one become [ViT(I_c), prompt, target], the layout
-    of ``model.answer(..., recover=False)``. The loss covers the target only:
-    ``<think>{reasoning}</think><ANSWER>{letter}</ANSWER>``.
-
-    Example:
-
-    ```python
-    >>> collator = AnswerCollator(processor, model.config)
-    >>> model(**collator([row_with_recovery, row_without])).loss
-    ```
-    """
-
-    def __init__(self, processor, config):
-        self.processor = processor
-        self.reasoning = ReasoningCollator(processor, config)
-        self.builder = PackedBatchBuilder.from_config(config)
-
-    def sample(self, row: Mapping[str, Any]) -> list[TextItem | VitItem]:
-        if row.get("recovered_image") is not None:
-            return self.reasoning.sample(row)
-        prompt = build_mcq_prompt(row["question"], row["options"], recover=False)
-        target = format_reasoning_target(row["answer"], row.get("reasoning"))
-        return [
-            VitItem(self.processor.image_processor.vit_pixel_values(row["image"])),
-            TextItem(self.processor.encode_text(prompt)),
-            TextItem(self.processor.encode_text(target), loss=True),
-        ]
-
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        return self.builder([self.sample(row) for row in rows])
-
-
 class GuidanceDropoutCollator(RecoveryCollator):
     """`RecoveryCollator` that, as BAGEL's training does, sometimes drops conditions so that the
     guidance contexts of `recover` are in-distribution: with ``text_dropout`` the sample is
@@ -158,4 +123,65 @@ class GuidanceDropoutCollator(RecoveryCollator):
         return [vae_condition, vit_condition, prompt, target]
 
 
-__all__ = ["AnswerCollator", "GuidanceDropoutCollator", "LEVELS", "question_rows", "recovery_pairs"]
+class TinyWorldCollator:
+    """Packs any mix of TinyWorld rows into one batch for the model's own forward, so that the standard
+    `Trainer` trains on it (CE on answers, flow-matching MSE on recoveries):
+
+    - question rows with a ``recovered_image``: [ViT(I_c), ViT(I_r), prompt, target] (`ReasoningCollator`,
+      the layout of ``model.answer(..., recover=True)``);
+    - question rows without one: [ViT(I_c), prompt, target] (the layout of ``recover=False``);
+    - recovery pairs (``target_image``): [VAE(I_c), ViT(I_c), P_rec, VAE(clean) noisy] with guidance
+      condition dropout (`GuidanceDropoutCollator`).
+
+    The target is ``<think>{reasoning}</think><ANSWER>{letter}</ANSWER>`` (CE on it only). For recovery
+    pairs the collator also draws what `FlowMatchingTrainer` would add — logit-normal raw timesteps and
+    the noise — from its own seeded generator, and passes the pixels as ``padded_images`` for the
+    forward's frozen-VAE encode (TinyWorld images share one size).
+
+    Example:
+
+    ```python
+    >>> collator = TinyWorldCollator(processor, model.config, guidance_dropout=0.1, seed=0)
+    >>> model(**collator([question_row, question_row_with_recovery, recovery_pair])).loss
+    ```
+    """
+
+    def __init__(self, processor, config, guidance_dropout: float = 0.0, seed: int = 0):
+        self.processor = processor
+        self.reasoning = ReasoningCollator(processor, config)
+        self.recovery = GuidanceDropoutCollator(processor, config, guidance_dropout, guidance_dropout, seed)
+        self.builder = PackedBatchBuilder.from_config(config)
+        self.latent_dim = config.patch_latent_dim
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def sample(self, row: Mapping[str, Any]) -> list[TextItem | VitItem | VaeItem]:
+        if row.get("target_image") is not None:
+            return self.recovery.sample(row)
+        if row.get("recovered_image") is not None:
+            return self.reasoning.sample(row)
+        prompt = build_mcq_prompt(row["question"], row["options"], recover=False)
+        target = format_reasoning_target(row["answer"], row.get("reasoning"))
+        return [
+            VitItem(self.processor.image_processor.vit_pixel_values(row["image"])),
+            TextItem(self.processor.encode_text(prompt)),
+            TextItem(self.processor.encode_text(target), loss=True),
+        ]
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        batch = self.builder([self.sample(row) for row in rows])
+        images = batch.pop("vae_images", None)
+        is_noisy = batch.pop("vae_image_is_noisy", None)
+        counts = batch.pop("vae_image_token_counts", None)
+        batch.pop("vae_image_sample", None)
+        if images is None:
+            return batch
+        if len({tuple(image.shape) for image in images}) > 1:
+            raise ValueError("TinyWorldCollator packs VAE images of one size only; resize the images first.")
+        raw = [torch.randn((), generator=self.generator) if noisy else torch.tensor(float("-inf")) for noisy in is_noisy]
+        batch["padded_images"] = torch.stack(images)
+        batch["packed_timesteps"] = torch.cat([value.expand(count) for value, count in zip(raw, counts)])
+        batch["noise"] = torch.randn(sum(counts), self.latent_dim, generator=self.generator)
+        return batch
+
+
+__all__ = ["GuidanceDropoutCollator", "LEVELS", "TinyWorldCollator", "question_rows", "recovery_pairs"]

@@ -48,7 +48,7 @@ def answer_rows(
     recovered: Sequence[Image.Image] | None = None,
     image_key: str = "image",
     batch_size: int = 64,
-    max_new_tokens: int = 24,
+    max_new_tokens: int = 96,
 ) -> list[str | None]:
     """The option letter the model picks for each row (None when no option can be read from its reply).
 
@@ -75,11 +75,17 @@ def accuracy(letters: Sequence[str | None], rows: Sequence[Mapping[str, Any]]) -
 
 
 def recovery_table(
-    models: Mapping[str, Any], world: TinyWorld, num_images: int, levels: Sequence[str] = LEVELS, seed: int = 0
+    models: Mapping[str, Any],
+    world: TinyWorld,
+    num_images: int,
+    levels: Sequence[str] = LEVELS,
+    seed: int = 0,
+    split: str = "test",
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Mean PSNR / SSIM against the clean image, per level, of the corrupted input and of each model's
-    recovery, on the first ``num_images`` test scenes: ``{level: {"input" | model name: {"psnr", "ssim"}}}``.
-    The input of the clean level is the clean image itself, so its PSNR is infinite.
+    recovery, on the first ``num_images`` scenes of ``split``: ``{level: {"input" | model name: {"psnr", "ssim"}}}``.
+    The input of the clean level is the clean image itself, so its PSNR is infinite. (Settings are
+    chosen on the validation split; the test split is only reported.)
 
     Example:
 
@@ -87,7 +93,7 @@ def recovery_table(
     >>> recovery_table({"sft": sft_model}, TinyWorld(0), num_images=8, levels=("mid",))["mid"]["sft"]["psnr"]
     ```
     """
-    scenes = world.scenes("test", num_images)
+    scenes = world.scenes(split, num_images)
     clean = [scene.render() for scene in scenes]
     table: dict[str, dict[str, dict[str, float]]] = {}
     for level in levels:
@@ -100,9 +106,15 @@ def recovery_table(
 
 
 def mcq_table(
-    base, final, world: TinyWorld, num_questions: int, levels: Sequence[str] = LEVELS, seed: int = 0
+    base,
+    final,
+    world: TinyWorld,
+    num_questions: int,
+    levels: Sequence[str] = LEVELS,
+    seed: int = 0,
+    split: str = "test",
 ) -> dict[str, dict[str, float]]:
-    """MCQ accuracy per level on the first ``num_questions`` test questions (one per scene, kinds in
+    """MCQ accuracy per level on the first ``num_questions`` questions of ``split`` (one per scene, kinds in
     rotation): ``base`` on I_c alone, ``final`` on I_c alone, ``final`` on [I_c, I_r] (I_r its own
     recovery) and the clean oracle (``final`` on the clean image alone).
 
@@ -112,7 +124,7 @@ def mcq_table(
     >>> mcq_table(base, final, TinyWorld(0), num_questions=40, levels=("mid",))["mid"]["final_with_recovery"]
     ```
     """
-    pairs = world.test_questions(count=num_questions)
+    pairs = world.test_questions(split, count=num_questions)
     rows = [
         {"clean_image": scene.render(), "question": q.text, "options": list(q.options), "answer": q.answer}
         for scene, q in pairs

@@ -68,6 +68,7 @@ def tinyworld_config(processor: RobustU1Processor) -> RobustU1Config:
             "scaling_factor": 1.0, "shift_factor": 0.0,  # set from the trained VAE's latents
         },
         latent_patch_size=LATENT_PATCH_SIZE,
+        timestep_shift=2.0,  # the training shift of the plain forward, as FlowMatchingConfig's default
         max_latent_size=side,
         vit_max_num_patch_per_side=IMAGE_SIZE // VIT_PATCH_SIZE,
         **special,

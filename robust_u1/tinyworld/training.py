@@ -6,14 +6,16 @@ step                   how
 =====================  =====================================================================
 VAE                    plain AdamW on reconstruction (+ a tiny KL), then the latent shift and
                        scale are set from the encoded training images (as FLUX's are)
-understanding          standard `Trainer`: [ViT(I), question] → ``<think>fact</think><ANSWER>X</ANSWER>``
+understanding          standard `Trainer`: [ViT(I), question] →
+                       ``<think>description fact</think><ANSWER>X</ANSWER>``
 generation (base)      `FlowMatchingTrainer`, target = input (reconstruction of clean and corrupted
                        images), with condition dropout so that guidance works
 stage I (SFT)          `FlowMatchingTrainer` on (corrupted, clean) pairs of `world.CORRUPTIONS`
 stage II (RL)          `FlowGRPOTrainer` with the SSIM reward only (CLIP with random weights would
                        reward nothing meaningful, and no CLIP weights may be downloaded)
 stage III (reasoning)  `build_reasoning_dataset` (I_r from the RL model) + standard `Trainer` on
-                       [I_c, I_r, Q] rows, mixed with [I_c, Q] rows of the same images
+                       [I_c, I_r, Q] rows, mixed with [I_c, Q] rows of the same images and with
+                       recovery pairs (CE + flow-matching MSE, MathCanvas stage-2 template)
 =====================  =====================================================================
 
 Example:
@@ -44,7 +46,7 @@ from ..trainers import (
     FlowMatchingConfig,
     FlowMatchingTrainer,
 )
-from .data import AnswerCollator, GuidanceDropoutCollator, question_rows, recovery_pairs
+from .data import GuidanceDropoutCollator, TinyWorldCollator, question_rows, recovery_pairs
 from .model import new_tinyworld_model
 from .world import TinyWorld
 
@@ -76,8 +78,8 @@ class TinyWorldRecipe:
     reconstruction_learning_rate: float = 1e-3
     # stage I
     sft_pairs: int = 8000
-    sft_steps: int = 800
-    sft_learning_rate: float = 5e-4
+    sft_steps: int = 1200
+    sft_learning_rate: float = 1e-3
     # stage II
     rl_images: int = 512
     rl_steps: int = 60
@@ -86,6 +88,7 @@ class TinyWorldRecipe:
     rl_learning_rate: float = 1e-5
     # stage III
     reasoning_scenes: int = 2400
+    reasoning_recovery_pairs: int = 2400
     reasoning_steps: int = 600
     reasoning_learning_rate: float = 3e-4
     batch_size: int = 32
@@ -128,15 +131,18 @@ def train_vae(model, processor, images, steps: int, batch_size: int, learning_ra
     model.config.vae_config = {**model.config.vae_config, "shift_factor": shift, "scaling_factor": scale}
 
 
-def train_understanding(model, processor, rows, steps: int, learning_rate: float, batch_size: int, output_dir, seed: int) -> None:
-    """Standard `Trainer` on question rows (`AnswerCollator`): with a ``recovered_image`` the stage III
-    layout [I_c, I_r, Q], without one [I, Q]."""
+def train_with_trainer(
+    model, processor, rows, steps: int, learning_rate: float, batch_size: int, guidance_dropout: float, output_dir, seed: int
+) -> None:
+    """The standard `Trainer` on TinyWorld rows packed by `TinyWorldCollator`: question rows (CE on the
+    answer) and, in stage III, recovery pairs (flow-matching MSE) — every parameter but the VAE trains."""
     args = reasoning_training_arguments(
         output_dir, max_steps=steps, learning_rate=learning_rate, per_device_train_batch_size=batch_size,
         weight_decay=0.01, adam_beta2=0.95, max_grad_norm=1.0, **_trainer_defaults(seed),
     )  # fmt: skip
+    collator = TinyWorldCollator(processor, model.config, guidance_dropout, seed)
     model.train()
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=AnswerCollator(processor, model.config)).train()
+    Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
     model.eval()
 
 
@@ -163,6 +169,25 @@ def train_flow_grpo(model, processor, pairs, recipe: TinyWorldRecipe, output_dir
     )  # fmt: skip
     FlowGRPOTrainer(model, [SSIMReward(device="cpu")], args, train_dataset=pairs, processing_class=processor).train()
     _restore_after_stage(model)
+
+
+def train_reasoning(model, processor, world: TinyWorld, recipe: TinyWorldRecipe, work_dir: str | Path) -> None:
+    """Stage III: I_r of corrupted training images from the model's own recovery
+    (`build_reasoning_dataset`), then the standard `Trainer` on [I_c, I_r, Q] rows, mixed with the same
+    rows as [I_c, Q] (so that answering without recovery stays a trained, fair baseline) and with
+    recovery pairs (the MathCanvas stage-2 template trains CE and flow-matching MSE together: without
+    them the understanding expert drifts and the recoveries it conditions get worse)."""
+    rows = question_rows(world, "train", recipe.reasoning_scenes, ("clean", "low", "mid", "high"), recipe.seed + 5)
+    columns = ("image", "question", "options", "answer", "reasoning")
+    table = datasets.Dataset.from_list([{key: row[key] for key in columns} for row in rows])
+    with_recovery = build_reasoning_dataset(
+        table.cast_column("image", datasets.Image()), model, processor, recover_kwargs=RECOVER_KWARGS,
+        batch_size=64, seed=recipe.seed, cache_dir=Path(work_dir) / "recovered",
+    )  # fmt: skip
+    pairs = recovery_pairs(world, recipe.reasoning_recovery_pairs, recipe.seed + 6, levels=("clean", "low", "mid", "high"))
+    mixed = [*with_recovery, *({**row, "recovered_image": None} for row in with_recovery), *pairs]
+    train_with_trainer(model, processor, mixed, recipe.reasoning_steps, recipe.reasoning_learning_rate, recipe.batch_size,
+                       recipe.guidance_dropout, Path(work_dir) / "reasoning", recipe.seed)  # fmt: skip
 
 
 def _restore_after_stage(model) -> None:
@@ -210,9 +235,9 @@ def train_tinyworld(
                                    recipe.vae_learning_rate, recipe.seed))  # fmt: skip
 
     understanding = question_rows(world, "train", recipe.understanding_scenes, ("clean",), recipe.seed, all_questions=True)
-    timed("understanding", lambda: train_understanding(
+    timed("understanding", lambda: train_with_trainer(
         model, processor, understanding, recipe.understanding_steps, recipe.understanding_learning_rate,
-        recipe.batch_size, output_dir / "work" / "understanding", recipe.seed))  # fmt: skip
+        recipe.batch_size, recipe.guidance_dropout, output_dir / "work" / "understanding", recipe.seed))  # fmt: skip
 
     identity = recovery_pairs(world, recipe.reconstruction_pairs, recipe.seed + 2, levels=("clean", "low", "mid", "high"), identity=True)
     timed("reconstruction", lambda: train_flow_matching(
@@ -230,19 +255,7 @@ def train_tinyworld(
     timed("rl", lambda: train_flow_grpo(model, processor, rl_pairs, recipe, output_dir / "work" / "rl"))
     paths["rl"] = save_stage(model, processor, output_dir / "rl", card_for("rl", recipe, minutes))
 
-    def reasoning_stage() -> None:
-        rows = question_rows(world, "train", recipe.reasoning_scenes, ("clean", "low", "mid", "high"), recipe.seed + 5)
-        table = datasets.Dataset.from_list([{k: row[k] for k in ("image", "question", "options", "answer", "reasoning")} for row in rows])
-        table = table.cast_column("image", datasets.Image())
-        with_recovery = build_reasoning_dataset(
-            table, model, processor, recover_kwargs=RECOVER_KWARGS, batch_size=64, seed=recipe.seed,
-            cache_dir=output_dir / "work" / "recovered",
-        )  # fmt: skip
-        mixed = [*with_recovery, *({**row, "recovered_image": None} for row in with_recovery)]
-        train_understanding(model, processor, mixed, recipe.reasoning_steps, recipe.reasoning_learning_rate,
-                            recipe.batch_size, output_dir / "work" / "reasoning", recipe.seed)  # fmt: skip
-
-    timed("reasoning", reasoning_stage)
+    timed("reasoning", lambda: train_reasoning(model, processor, world, recipe, output_dir / "work"))
     paths["final"] = save_stage(model, processor, output_dir / "final", card_for("final", recipe, minutes))
     return paths
 
