@@ -13,12 +13,21 @@ from .configuration_robust_u1 import RobustU1Config
 from .modeling_robust_u1 import RobustU1ForConditionalGeneration
 from .pipeline_robust_vqa import RobustVQAPipeline
 from .processing_robust_u1 import RobustU1ImageProcessor, RobustU1Processor
+from .tinyworld import TINYWORLD_CHECKPOINT
 
 AutoConfig.register(RobustU1Config.model_type, RobustU1Config, exist_ok=True)
 AutoModel.register(RobustU1Config, RobustU1ForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(RobustU1Config, RobustU1ForConditionalGeneration, exist_ok=True)
-AutoImageProcessor.register(RobustU1Config, slow_image_processor_class=RobustU1ImageProcessor, exist_ok=True)
+# One implementation serves both of transformers' image backends (it resizes with PIL and returns
+# tensors), so neither request falls back with a warning.
+AutoImageProcessor.register(
+    RobustU1Config, image_processor_classes={"pil": RobustU1ImageProcessor, "torchvision": RobustU1ImageProcessor}, exist_ok=True
+)
 AutoProcessor.register(RobustU1Config, RobustU1Processor, exist_ok=True)
 PIPELINE_REGISTRY.register_pipeline(
-    "robust-vqa", pipeline_class=RobustVQAPipeline, pt_model=RobustU1ForConditionalGeneration, type="multimodal"
+    "robust-vqa",
+    pipeline_class=RobustVQAPipeline,
+    pt_model=RobustU1ForConditionalGeneration,
+    default={"model": (str(TINYWORLD_CHECKPOINT), None)},  # the bundled trained TinyWorld model: works offline
+    type="multimodal",
 )

@@ -7,7 +7,8 @@ robust-u1 convert /path/to/BAGEL-7B-MoT ./bagel-7b-hf --dtype bfloat16
 ```
 
 Every command takes ``--model`` (a Hub id or folder, official or Hugging Face layout). Without it the
-bundled tiny model is used, which has random weights until a trained tiny checkpoint ships.
+bundled TinyWorld model is used (`robust_u1.tinyworld`): trained, offline, 2 M parameters, and it only
+knows TinyWorld's 32×32 images of coloured shapes.
 """
 
 from __future__ import annotations
@@ -16,23 +17,23 @@ import argparse
 import sys
 from pathlib import Path
 
-TINY_RANDOM = "tiny-random"
+BUNDLED_MODEL = "tinyworld"
 
 
 def _load(model_name: str, dtype: str | None):
     import torch
 
-    if model_name == TINY_RANDOM:
-        from .tiny import tiny_random_model
+    from .modeling_robust_u1 import RobustU1ForConditionalGeneration
+
+    if model_name == BUNDLED_MODEL:
+        from .tinyworld import TINYWORLD_CHECKPOINT
 
         print(
-            "NOTE: using the bundled tiny model with RANDOM weights (no trained checkpoint is bundled yet): "
-            "the outputs only show that the pipeline runs.",
+            f"Using the bundled TinyWorld model ({TINYWORLD_CHECKPOINT}): it only knows 32×32 images of coloured "
+            "shapes; pass --model for a real checkpoint.",
             file=sys.stderr,
         )
-        model, _ = tiny_random_model(seed=0)
-        return model
-    from .modeling_robust_u1 import RobustU1ForConditionalGeneration
+        model_name = str(TINYWORLD_CHECKPOINT)
 
     model = RobustU1ForConditionalGeneration.from_pretrained(model_name, dtype=getattr(torch, dtype) if dtype else None)
     if torch.cuda.is_available():
@@ -84,7 +85,9 @@ def run_ask(args) -> int:
         print(f"Reasoning: {result.reasoning}")
     print(f"Answer: {result.answer}")
     if result.option:
-        print(f"Option: {result.option}")
+        from .evaluation.options import normalize_options
+
+        print(f"Option: {result.option} ({normalize_options(args.option)[result.option]})")
     return 0
 
 
@@ -151,7 +154,9 @@ def run_push(args) -> int:
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=TINY_RANDOM, help="Hub id or folder (default: the bundled tiny model).")
+    parser.add_argument(
+        "--model", default=BUNDLED_MODEL, help=f"Hub id or folder (default {BUNDLED_MODEL!r}: the bundled TinyWorld model)."
+    )
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--steps", type=int, default=50, help="Flow schedule points (official num_timesteps).")
     parser.add_argument("--timestep-shift", type=float, default=3.0)

@@ -1,6 +1,8 @@
 """The robust-u1 command line, run as a user would (subprocesses), and Hub pushes without network."""
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +20,21 @@ def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "robust_u1", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-def test_ask_runs_end_to_end(tmp_path):
-    out = tmp_path / "restored.png"
-    result = cli("ask", EXAMPLE, "Which shape is red?", "--option", "circle", "--option", "square", *FAST,
-                 "--max-new-tokens", "4", "--save-recovered", out)  # fmt: skip
+def test_readme_quick_start_answers_with_the_bundled_model(tmp_path):
+    """The README's quick-start command (run from a fresh clone, relative paths) with its defaults."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "robust-u1 ask examples/corrupted_example.png" in line)
+    words = shlex.split(command[command.index("robust-u1 ask") :])
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / EXAMPLE.name).write_bytes(EXAMPLE.read_bytes())
+    result = cli(*words[1:], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Answer:" in result.stdout and f"Recovered image: {out}" in result.stdout
-    assert Image.open(out).size == Image.open(EXAMPLE).size
+    assert "bundled TinyWorld model" in result.stderr
+    saved = words[words.index("--save-recovered") + 1]
+    assert f"Recovered image: {saved}" in result.stdout
+    assert re.search(r"^Answer: .+", result.stdout, re.MULTILINE)
+    assert re.search(r"^Option: [ABC] \((circle|square|triangle)\)$", result.stdout, re.MULTILINE), result.stdout
+    assert Image.open(tmp_path / saved).size == Image.open(EXAMPLE).size
 
 
 def test_recover_writes_the_image(tmp_path):

@@ -25,7 +25,7 @@ from robust_u1.tinyworld import TINYWORLD_STAGE_CHECKPOINTS
 from robust_u1.tinyworld.card import tinyworld_card
 from robust_u1.tinyworld.training import TinyWorldRecipe, train_tinyworld
 
-SHIPPED_FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md")
+SHIPPED_FILES = ("config.json", "generation_config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json", "README.md")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -27,6 +28,8 @@ from ..evaluation.recovery import recovery_metrics
 from ..trainers.utils import sample_generator
 from .training import RECOVER_KWARGS
 from .world import LEVELS, TinyWorld, corrupt_scene_image
+
+logger = logging.getLogger(__name__)
 
 
 def recover_rows(model, images: Sequence[Image.Image], seed: int, batch_size: int = 64, **recover_kwargs) -> list[Image.Image]:
@@ -102,6 +105,7 @@ def recovery_table(
         for name, model in models.items():
             restored = recover_rows(model, corrupted, seed=seed)
             table[level][name] = recovery_metrics(restored, clean, metrics=("psnr", "ssim"))
+        logger.info("recovery at %s: %s", level, {name: round(scores["psnr"], 2) for name, scores in table[level].items()})
     return table
 
 
@@ -141,4 +145,5 @@ def mcq_table(
             "final_with_recovery": accuracy(answer_rows(final, rows, recovered), rows),
             "clean_oracle": oracle,
         }
+        logger.info("accuracy at %s: %s", level, {name: round(value, 3) for name, value in table[level].items()})
     return table

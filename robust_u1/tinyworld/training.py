@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -259,6 +259,3 @@ def train_tinyworld(
     paths["final"] = save_stage(model, processor, output_dir / "final", card_for("final", recipe, minutes))
     return paths
 
-
-def recipe_settings(recipe: TinyWorldRecipe) -> dict[str, Any]:
-    return asdict(recipe)

@@ -35,7 +35,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "green": (40, 180, 60),
     "blue": (50, 90, 235),
     "yellow": (235, 210, 40),
-    "white": (240, 240, 240),
+    "purple": (150, 60, 200),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
@@ -98,7 +98,8 @@ class Question:
 
 @dataclass(frozen=True)
 class Scene:
-    """One TinyWorld image: a background grey and one to four shapes in distinct quadrants."""
+    """One TinyWorld image: a slightly tinted grey background (dark to light) and one to four shapes
+    in distinct quadrants (every colour is saturated, so it stands out on any grey)."""
 
     split: str
     index: int
@@ -218,7 +219,8 @@ class TinyWorld:
         if not 0 <= index < SPLIT_SIZES[split]:
             raise IndexError(f"The {split} split has {SPLIT_SIZES[split]} scenes; got index {index}.")
         rng = np.random.default_rng([self.seed, _SPLIT_IDS[split], index])
-        background = (int(rng.integers(25, 90)),) * 3
+        grey, tint = int(rng.integers(25, 236)), rng.integers(-10, 11, 3)
+        background = tuple(int(np.clip(grey + t, 0, 255)) for t in tint)
         count = int(rng.integers(1, len(POSITIONS) + 1))
         quadrants = rng.permutation(len(POSITIONS))[:count]
         pairs = [(color, shape) for color in COLORS for shape in SHAPES]
