@@ -1,4 +1,11 @@
-"""Run under torchrun (2 processes, gloo): FSDP2-sharded model, the trainers' non-forward calls and a backward."""
+"""Run under torchrun (2 processes, gloo): FSDP2-sharded model, the trainers' non-forward calls and a backward.
+
+Each rank writes its result to ``<output folder>/rank<N>.txt`` (files, not the shared stdout pipe, whose
+lines torchrun may prefix or interleave).
+"""
+
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,7 +38,7 @@ def main():
     contexts = caller.build_edit_contexts(inputs, latents=caller.encode_edit_latents(inputs, False))
     (velocity,) = caller.guided_velocities(contexts, [torch.ones(4, 64)], 0.5, GuidanceConfig())
     velocity.pow(2).mean().backward()
-    print(f"rank {dist.get_rank()} velocity {velocity.abs().mean().item():.6f}", flush=True)
+    (Path(sys.argv[1]) / f"rank{dist.get_rank()}.txt").write_text(f"{velocity.abs().mean().item():.6f}")
     dist.destroy_process_group()
 
 

@@ -173,15 +173,15 @@ def test_model_answer_agrees_with_the_batched_evaluation(final, test_rows):
 
 
 def test_bundled_example_is_a_corrupted_test_scene():
-    """examples/corrupted_example.png is what the README says: test scene 2, impulse noise at mid."""
+    """examples/corrupted_example.png is what the README says: test scene 52, motion blur at mid."""
     from pathlib import Path
 
     from PIL import Image
 
     examples = Path(__file__).parent.parent / "examples"
-    clean = TinyWorld(seed=0).scene("test", 2).render()
-    corrupted, name = corrupt_scene_image(clean, "mid", key=(0, 2))
-    assert name == "imagenet_c/impulse_noise"
+    clean = TinyWorld(seed=0).scene("test", 52).render()
+    corrupted, name = corrupt_scene_image(clean, "mid", key=(0, 52))
+    assert name == "imagenet_c/motion_blur"
     assert np.array_equal(pixels(Image.open(examples / "clean_example.png")), pixels(clean))
     assert np.array_equal(pixels(Image.open(examples / "corrupted_example.png")), pixels(corrupted))
 
@@ -198,3 +198,27 @@ def test_robust_vqa_pipeline_defaults_to_the_bundled_model(monkeypatch, test_row
                  recover_kwargs={"num_inference_steps": 20, "generator": generator, "progress": False})  # fmt: skip
     assert output["recovered_image"].size == row["clean_image"].size
     assert output["option"] in "ABCDE" and output["reasoning"].startswith("I see")
+
+
+def test_the_from_scratch_recipe_runs_every_stage_end_to_end(tmp_path):
+    """train_from_scratch.py's recipe with minute counts: every stage runs with the library's trainers
+    and leaves a loadable plain checkpoint (the stage II LoRA adapter merged in)."""
+    from robust_u1.modeling_robust_u1 import RobustU1ForConditionalGeneration
+    from robust_u1.tinyworld.card import tinyworld_card
+    from robust_u1.tinyworld.training import TinyWorldRecipe, train_tinyworld
+
+    recipe = TinyWorldRecipe(
+        vae_steps=2, vae_batch_size=4, understanding_scenes=4, understanding_steps=2, reconstruction_pairs=4,
+        reconstruction_steps=2, sft_pairs=4, sft_steps=2, rl_images=4, rl_steps=1, rl_num_generations=2,
+        rl_images_per_step=2, reasoning_scenes=4, reasoning_recovery_pairs=4, reasoning_steps=2, batch_size=4,
+    )  # fmt: skip
+    paths = train_tinyworld(recipe, tmp_path, tinyworld_card)
+    assert list(paths) == ["base", "sft", "rl", "final"]
+    weights = {}
+    for stage, folder in paths.items():
+        model = RobustU1ForConditionalGeneration.from_pretrained(folder)
+        weights[stage] = dict(model.named_parameters())
+        assert not any("lora" in name for name in weights[stage])
+        assert f"TinyWorld — {stage}" in (folder / "README.md").read_text()
+    name = "language_model.model.layers.0.self_attn.q_proj_moe_gen.weight"
+    assert not torch.equal(weights["sft"][name], weights["rl"][name])  # the merged adapter changed the generation expert

@@ -14,8 +14,9 @@ Example:
 >>> corrupted, _ = corrupt_scene_image(scene.render(), "mid", key=(0, 0))
 >>> question = scene.question("color")
 >>> result = model.answer(corrupted, question.text, options=list(question.options), recover_kwargs={"num_inference_steps": 20})
->>> result.option == question.answer, result.recovered_image.size
-(True, (32, 32))
+>>> result.option, question.answer  # the picked letter and the right one
+>>> result.recovered_image.size
+(32, 32)
 ```
 """
 

@@ -19,8 +19,9 @@ _STAGE_TEXT = {
     ),
     "rl": (
         "Robust-U1 stage II (Flow-GRPO)",
-        "`FlowGRPOTrainer` with the SSIM reward only (a CLIP reward with random weights would reward nothing "
-        "meaningful, and no CLIP weights are downloaded).",
+        "`FlowGRPOTrainer` with a LoRA adapter on the generation expert (merged into this checkpoint) and the "
+        "SSIM reward only (a CLIP reward with random weights would reward nothing meaningful, and no CLIP "
+        "weights are downloaded).",
     ),
     "final": (
         "Robust-U1 stage III (reasoning over the corrupted and the recovered image)",

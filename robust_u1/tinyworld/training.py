@@ -11,8 +11,9 @@ understanding          standard `Trainer`: [ViT(I), question] →
 generation (base)      `FlowMatchingTrainer`, target = input (reconstruction of clean and corrupted
                        images), with condition dropout so that guidance works
 stage I (SFT)          `FlowMatchingTrainer` on (corrupted, clean) pairs of `world.CORRUPTIONS`
-stage II (RL)          `FlowGRPOTrainer` with the SSIM reward only (CLIP with random weights would
-                       reward nothing meaningful, and no CLIP weights may be downloaded)
+stage II (RL)          `FlowGRPOTrainer` with LoRA on the generation expert (merged afterwards) and
+                       the SSIM reward only (CLIP with random weights would reward nothing
+                       meaningful, and no CLIP weights may be downloaded)
 stage III (reasoning)  `build_reasoning_dataset` (I_r from the RL model) + standard `Trainer` on
                        [I_c, I_r, Q] rows, mixed with [I_c, Q] rows of the same images and with
                        recovery pairs (CE + flow-matching MSE, MathCanvas stage-2 template)
@@ -45,6 +46,7 @@ from ..trainers import (
     FlowGRPOTrainer,
     FlowMatchingConfig,
     FlowMatchingTrainer,
+    generation_lora_config,
 )
 from .data import GuidanceDropoutCollator, TinyWorldCollator, question_rows, recovery_pairs
 from .model import new_tinyworld_model
@@ -85,7 +87,8 @@ class TinyWorldRecipe:
     rl_steps: int = 60
     rl_num_generations: int = 8
     rl_images_per_step: int = 4
-    rl_learning_rate: float = 1e-5
+    rl_learning_rate: float = 1e-4  # flow_grpo's BAGEL template; 3e-4 diverged, 120 steps overfit (validation)
+    rl_lora_rank: int = 16  # alpha = 2 × rank, as the template's r 64 / alpha 128
     # stage III
     reasoning_scenes: int = 2400
     reasoning_recovery_pairs: int = 2400
@@ -159,7 +162,8 @@ def train_flow_matching(model, processor, pairs, steps: int, learning_rate: floa
 
 
 def train_flow_grpo(model, processor, pairs, recipe: TinyWorldRecipe, output_dir) -> None:
-    """`FlowGRPOTrainer` with the SSIM reward on (corrupted, clean) pairs (generation expert only)."""
+    """`FlowGRPOTrainer` with the SSIM reward on (corrupted, clean) pairs, training a LoRA adapter on the
+    generation expert as the paper's stage II does; the adapter is then merged into ``model``."""
     args = FlowGRPOConfig(
         str(output_dir), max_steps=recipe.rl_steps, learning_rate=recipe.rl_learning_rate,
         num_generations=recipe.rl_num_generations,
@@ -167,7 +171,12 @@ def train_flow_grpo(model, processor, pairs, recipe: TinyWorldRecipe, output_dir
         num_inference_steps=RECOVER_KWARGS["num_inference_steps"], sde_window_size=2, sde_window_range=(0, 6),
         **{**_trainer_defaults(recipe.seed), "logging_steps": 10, "lr_scheduler_type": "constant", "warmup_steps": 0},
     )  # fmt: skip
-    FlowGRPOTrainer(model, [SSIMReward(device="cpu")], args, train_dataset=pairs, processing_class=processor).train()
+    lora = generation_lora_config(r=recipe.rl_lora_rank, lora_alpha=2 * recipe.rl_lora_rank)
+    trainer = FlowGRPOTrainer(
+        model, [SSIMReward(device="cpu")], args, train_dataset=pairs, processing_class=processor, peft_config=lora
+    )
+    trainer.train()
+    trainer.model.merge_and_unload()  # folds the adapter into ``model``'s own layers, in place
     _restore_after_stage(model)
 
 

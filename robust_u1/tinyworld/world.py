@@ -14,7 +14,7 @@ Example:
 >>> image = scene.render()
 >>> question = scene.questions()[0]
 >>> question.text, question.options, question.answer
-('How many shapes are there?', ('three', 'one', 'four', 'two'), 'A')
+('How many shapes are there?', ('one', 'two', 'three', 'four'), 'A')
 >>> corrupted, name = corrupt_scene_image(image, "mid", key=(0, 0))
 ```
 """
@@ -139,7 +139,7 @@ class Scene:
 
         ```python
         >>> TinyWorld(0).scene("test", 0).description()
-        'I see a red circle at the bottom right.'
+        'I see a yellow circle at the top right.'
         ```
         """
         parts = [f"a {o.color} {o.shape} at the {o.position}" for o in self.objects]
