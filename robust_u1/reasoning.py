@@ -84,8 +84,8 @@ def format_reasoning_target(answer: str, reasoning: str | None = None) -> str:
     return f"<think>{reasoning}</think>{answer_tag}" if reasoning else answer_tag
 
 
-def default_reasoning_prompt(question: str, options: Sequence[str] | Mapping[str, str] | None) -> str:
-    """The prompt `model.answer` uses with ``recover=True``: the demo's MCQ layout, or the open-question one.
+def default_reasoning_prompt(question: str, options: Sequence[str] | Mapping[str, str] | None, recover: bool = True) -> str:
+    """The prompt `model.answer` uses (``recover=True`` by default): the demo's MCQ layout, or the open-question one.
 
     Example:
         >>> print(default_reasoning_prompt("Which animal?", ["dog", "cat"]), end="")
@@ -97,8 +97,8 @@ def default_reasoning_prompt(question: str, options: Sequence[str] | Mapping[str
         Based on what you observe in the restored image, please select the correct answer from the options above.
     """
     if options:
-        return build_mcq_prompt(question, options, recover=True)
-    return build_open_prompt(question, recover=True)
+        return build_mcq_prompt(question, options, recover=recover)
+    return build_open_prompt(question, recover=recover)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -440,18 +440,22 @@ def _r1_reasoning(reply: str) -> str | None:
 # Collation and evaluation
 # ----------------------------------------------------------------------------------------------
 
-PromptBuilder = Callable[[str, Sequence[str] | None], str]
+PromptBuilder = Callable[[str, Sequence[str] | None, bool], str]  # (question, options, recover) → prompt
 
 
 class ReasoningCollator:
     """Stage III data collator: rows of `build_reasoning_dataset` → packed [ViT(I_c), ViT(I_r), prompt, target].
 
-    The prompt (``prompt_builder(question, options)``, by default the one `model.answer` uses) has no
+    The prompt (``prompt_builder(question, options, recover)``, by default the one `model.answer` uses) has no
     loss; the target (`format_reasoning_target`) is a loss text item, so CE covers its tokens and the
     closing ``<|im_end|>``, predicted from the opening ``<|im_start|>`` on (the packer's rule). This is
     the inference layout of ``model.answer(image, question, options, recover=True, think=think)``:
     images through the ViT as `RobustU1Processor.interleaved_blocks` makes them, and with ``think`` BAGEL's
     think system prompt first. Batches go straight into ``model(**batch)``.
+
+    With ``allow_without_recovery`` a row whose ``recovered_image`` is None is packed in the layout of
+    ``recover=False`` instead — [ViT(I_c), prompt without the recovery instruction, target] — so one
+    run can also train answering from I_c alone; otherwise such a row is an error.
 
     Example:
 
@@ -469,26 +473,29 @@ class ReasoningCollator:
         prompt_builder: PromptBuilder | None = None,
         think: bool = False,
         max_tokens_per_batch: int | None = None,
+        allow_without_recovery: bool = False,
     ):
         self.processor = processor
         self.prompt_builder = prompt_builder or default_reasoning_prompt
         self.think = think
+        self.allow_without_recovery = allow_without_recovery
         self.builder = PackedBatchBuilder.from_config(config, max_tokens_per_batch)
 
     def sample(self, example: Mapping[str, Any]) -> list[TextItem | VitItem]:
-        missing = [key for key in ("image", "recovered_image", "question", "answer") if example.get(key) is None]
+        required = ("image", "question", "answer") if self.allow_without_recovery else ("image", "recovered_image", "question", "answer")
+        missing = [key for key in required if example.get(key) is None]
         if missing:
             raise KeyError(
                 f"Reasoning examples need {missing}; run build_reasoning_dataset first (got {sorted(example)})."
             )
         image_processor = self.processor.image_processor
-        prompt = self.prompt_builder(example["question"], example.get("options"))
+        images = [example["image"]] + ([] if example.get("recovered_image") is None else [example["recovered_image"]])
+        prompt = self.prompt_builder(example["question"], example.get("options"), len(images) == 2)
         target = format_reasoning_target(example["answer"], example.get("reasoning"))
         system = [TextItem(self.processor.encode_text(THINK_SYSTEM_PROMPT))] if self.think else []
         return [
             *system,
-            VitItem(image_processor.vit_pixel_values(example["image"])),
-            VitItem(image_processor.vit_pixel_values(example["recovered_image"])),
+            *(VitItem(image_processor.vit_pixel_values(image)) for image in images),
             TextItem(self.processor.encode_text(prompt)),
             TextItem(self.processor.encode_text(target), loss=True),
         ]

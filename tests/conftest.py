@@ -66,3 +66,14 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("-", "parity: max |Δ| against the official golden tensors")
     for group, (err, name) in sorted(groups.items()):
         terminalreporter.write_line(f"{group:>14}: {err:.2e}  ({name})")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("single_thread")``):
+    on tiny tensors thread hand-offs cost more than the work, and on a busy 2-core machine OpenMP's
+    spinning threads make a recovery call ~100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

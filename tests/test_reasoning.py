@@ -32,6 +32,7 @@ from robust_u1.reasoning import (
 )
 from robust_u1.tiny import tiny_random_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 EXAMPLE_SCRIPT = Path(__file__).parents[1] / "examples" / "train_reasoning.py"
 FAST_RECOVERY = {"num_inference_steps": 2}
 COLORS = {"red": (200, 30, 30), "blue": (30, 30, 200)}
@@ -62,16 +63,6 @@ def color_rows(count: int, seed: int = 0) -> datasets.Dataset:
             }
         ),
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: on these tiny tensors thread hand-offs cost more than the work, and on a
-    busy 2-core machine OpenMP's spinning threads make a recovery call ~100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +260,25 @@ def test_killed_subprocess_resumes_without_redoing_finished_shards(tiny, tmp_pat
 # ----------------------------------------------------------------------------------------------
 # Collation
 # ----------------------------------------------------------------------------------------------
+
+
+def test_collator_packs_rows_without_recovery_only_when_allowed(tiny, color_task):
+    model, processor = tiny
+    example = {**color_task[0], "recovered_image": None}
+    with pytest.raises(KeyError, match=r"\['recovered_image'\]; run build_reasoning_dataset first"):
+        ReasoningCollator(processor, model.config)([example])
+
+    batch = ReasoningCollator(processor, model.config, allow_without_recovery=True)([example])
+    prompt = default_reasoning_prompt(example["question"], example["options"], recover=False)
+    assert "restore" not in prompt  # the recover=False prompt of model.answer
+    prompt_ids = processor.encode_text(prompt).tolist()
+    target_ids = processor.encode_text(format_reasoning_target(example["answer"], example["reasoning"])).tolist()
+    vit_c = processor.image_processor.vit_pixel_values(example["image"])
+    count = (vit_c.shape[1] // 14) * (vit_c.shape[2] // 14)
+    # [BOI I_c EOI] [<|im_start|> prompt <|im_end|>] [<|im_start|> target <|im_end|>]
+    assert batch["split_lens"].tolist() == [count + 2, len(prompt_ids) + 2, len(target_ids) + 2]
+    assert batch["vit_token_seqlens"].tolist() == [count]
+    assert batch["packed_label_ids"].tolist() == [*target_ids, model.config.eos_token_id]
 
 
 def test_collator_puts_loss_on_target_tokens_only(tiny, color_task):

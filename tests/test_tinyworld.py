@@ -26,14 +26,7 @@ from robust_u1.trainers.utils import sample_generator
 CHANCE = float(np.mean([1 / len(COUNT_WORDS), 1 / len(COLORS), 1 / len(SHAPES), 1 / len(POSITIONS)]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: on these tiny tensors a busy 2-core machine makes OpenMP's spinning
-    threads far slower than one thread (see tests/test_reasoning.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -186,18 +179,21 @@ def test_bundled_example_is_a_corrupted_test_scene():
     assert np.array_equal(pixels(Image.open(examples / "corrupted_example.png")), pixels(corrupted))
 
 
-def test_robust_vqa_pipeline_defaults_to_the_bundled_model(monkeypatch, test_rows):
+def test_robust_vqa_pipeline_defaults_to_the_bundled_model(monkeypatch, final, test_rows):
     from transformers import pipeline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     vqa = pipeline("robust-vqa")
     assert vqa.model.name_or_path == str(TINYWORLD_CHECKPOINT)
     row = test_rows[0]
-    generator = sample_generator(torch.device("cpu"), 0, 0)
-    output = vqa({"image": row["clean_image"], "question": row["question"], "options": row["options"]},
-                 recover_kwargs={"num_inference_steps": 20, "generator": generator, "progress": False})  # fmt: skip
-    assert output["recovered_image"].size == row["clean_image"].size
-    assert output["option"] in "ABCDE" and output["reasoning"].startswith("I see")
+
+    def recover_kwargs():
+        return {"num_inference_steps": 20, "generator": sample_generator(torch.device("cpu"), 0, 0), "progress": False}
+
+    output = vqa({"image": row["image"], "question": row["question"], "options": row["options"]}, recover_kwargs=recover_kwargs())
+    direct = final.answer(row["image"], row["question"], options=row["options"], recover_kwargs=recover_kwargs())
+    assert output["option"] == direct.option and output["reasoning"] == direct.reasoning
+    assert np.array_equal(pixels(output["recovered_image"]), pixels(direct.recovered_image))
 
 
 def test_the_from_scratch_recipe_runs_every_stage_end_to_end(tmp_path):
@@ -222,3 +218,40 @@ def test_the_from_scratch_recipe_runs_every_stage_end_to_end(tmp_path):
         assert f"TinyWorld — {stage}" in (folder / "README.md").read_text()
     name = "language_model.model.layers.0.self_attn.q_proj_moe_gen.weight"
     assert not torch.equal(weights["sft"][name], weights["rl"][name])  # the merged adapter changed the generation expert
+
+
+def test_shipped_model_cards_are_the_rendered_template():
+    """Each shipped README.md is exactly what `tinyworld_card` renders from model_cards/tinyworld.md.jinja
+    with the recipe defaults and that run's stage minutes (read back from the card)."""
+    import re
+
+    from robust_u1.tinyworld.card import tinyworld_card
+    from robust_u1.tinyworld.training import TinyWorldRecipe
+
+    for stage, folder in TINYWORLD_STAGE_CHECKPOINTS.items():
+        shipped = (folder / "README.md").read_text()
+        rows = shipped.split("| step | minutes |\n| --- | --- |\n")[1].split("\n\n")[0]
+        minutes = {name: float(value) for name, value in re.findall(r"\| (\w+) \| ([0-9.]+) \|", rows)}
+        assert list(minutes)[0] == "vae"
+        assert tinyworld_card(stage, TinyWorldRecipe(), minutes) == shipped
+
+
+def test_reproduce_script_writes_table_plot_and_results(tmp_path):
+    """examples/tinyworld/reproduce.py end to end on a few test images (the README's figures use 100 / 400)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "examples" / "tinyworld" / "reproduce.py"
+    spec = importlib.util.spec_from_file_location("tinyworld_reproduce", script)
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    results = reproduce.main(["--output", str(tmp_path), "--recovery-images", "2", "--questions", "4", "--threads", "1"])
+
+    assert list(results["recovery"]) == ["clean", "low", "mid", "high"]
+    assert set(results["recovery"]["mid"]) == {"input", "base", "sft", "rl"}
+    assert set(results["mcq"]["high"]) == {"base_corrupted_only", "final_corrupted_only", "final_with_recovery", "clean_oracle"}
+    assert json.loads((tmp_path / "results.json").read_text())["mcq"] == results["mcq"]
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert len(table) == 6 and table[2].startswith("| clean | ∞ / 1.000 |")
+    assert (tmp_path / "tinyworld.png").stat().st_size > 10_000

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -30,6 +31,10 @@ from .data import GuidanceDropoutCollator, TinyWorldCollator, question_rows, rec
 from .model import new_tinyworld_model, tinyworld_config, tinyworld_processor
 from .tokenizer import tinyworld_tokenizer, unknown_words
 from .world import CORRUPTIONS, LEVELS, Question, Scene, TinyWorld, corrupt_scene_image
+
+if TYPE_CHECKING:
+    from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
+    from ..processing_robust_u1 import RobustU1Processor
 
 TINYWORLD_CHECKPOINT = Path(__file__).parent / "checkpoint"
 """The final (stage III) TinyWorld checkpoint: Hugging Face layout, processor files and model card."""
@@ -41,7 +46,7 @@ TINYWORLD_STAGE_CHECKPOINTS: dict[str, Path] = {
 """Checkpoint folder of every stage: ``base`` (pre-trained), ``sft`` (stage I), ``rl`` (stage II), ``final`` (stage III)."""
 
 
-def load_tinyworld(stage: str = "final", dtype: torch.dtype = torch.float32):
+def load_tinyworld(stage: str = "final", dtype: torch.dtype = torch.float32) -> tuple[RobustU1ForConditionalGeneration, RobustU1Processor]:
     """Loads a shipped TinyWorld checkpoint (offline) and returns ``(model, processor)``.
 
     Example:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from ..model_cards import render_card
 from .training import RECOVER_KWARGS, TinyWorldRecipe
 
 _STAGE_TEXT = {
@@ -33,7 +34,8 @@ _STAGE_TEXT = {
 
 
 def tinyworld_card(stage: str, recipe: TinyWorldRecipe, minutes: dict[str, float]) -> str:
-    """The README.md of one TinyWorld checkpoint: what it is, how to use it, how it was trained.
+    """The README.md of one TinyWorld checkpoint (``model_cards/tinyworld.md.jinja``): what it is, how to
+    use it, how it was trained.
 
     Example:
 
@@ -44,59 +46,7 @@ def tinyworld_card(stage: str, recipe: TinyWorldRecipe, minutes: dict[str, float
     ```
     """
     title, training = _STAGE_TEXT[stage]
-    settings = "\n".join(f"| `{name}` | {value} |" for name, value in asdict(recipe).items())
-    times = "\n".join(f"| {name} | {value:.1f} |" for name, value in minutes.items())
-    return f"""---
-library_name: robust-u1
-pipeline_tag: image-text-to-text
-tags: [robust-u1, bagel, tinyworld, image-restoration, toy-model]
-license: apache-2.0
----
-
-# Robust-U1 TinyWorld — {stage}: {title}
-
-A tiny BAGEL-architecture model (Mixture-of-Transformers Qwen2 LLM, hidden 128, 4 layers; SigLIP
-NaViT, hidden 64; diffusers `AutoencoderKL`, 4 latent channels) trained from scratch on **TinyWorld**
-(32×32 images of one to four coloured shapes, multiple-choice questions on colour, shape, count and
-position; `robust_u1.tinyworld`). It exists so that the library's main job — recover a corrupted image,
-then answer over the corrupted and the recovered image — runs offline in seconds on a CPU, and so that
-the paper's claims can be checked stage by stage without GPUs. It knows nothing outside TinyWorld.
-
-## Use
-
-```python
-from robust_u1.tinyworld import load_tinyworld
-
-model, processor = load_tinyworld("{stage}")
-restored = model.recover(corrupted_image, num_inference_steps={RECOVER_KWARGS["num_inference_steps"]})
-result = model.answer(corrupted_image, "Which shape is red?", options=["circle", "square", "triangle"])
-```
-
-Images of any size are resized to at most 32 px on the long side. The tokenizer is word-level over
-the TinyWorld vocabulary and the library's prompts; other words map to `[UNK]`.
-
-## Training
-
-This checkpoint: {training}
-
-Re-create every stage with `python examples/tinyworld/train_from_scratch.py` (2 CPU cores). Wall time
-of the run that produced this checkpoint (minutes, cumulative stages so far):
-
-| step | minutes |
-| --- | --- |
-{times}
-
-Settings (`robust_u1.tinyworld.training.TinyWorldRecipe`):
-
-| setting | value |
-| --- | --- |
-{settings}
-
-Weights are stored in float32.
-
-## Evaluation
-
-`python examples/tinyworld/reproduce.py` prints recovery PSNR / SSIM (corrupted input, base, +SFT, +RL)
-and MCQ accuracy (base on I_c, final on I_c, final on I_c + I_r, clean oracle) at clean / low / mid /
-high corruption on the held-out test split.
-"""
+    return render_card(
+        "tinyworld.md.jinja", stage=stage, title=title, training=training, minutes=minutes, settings=asdict(recipe),
+        num_inference_steps=RECOVER_KWARGS["num_inference_steps"],
+    )  # fmt: skip

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from ..collators import PackedBatchBuilder, RecoveryCollator, TextItem, VaeItem, VitItem
-from ..evaluation.prompts import build_mcq_prompt
-from ..reasoning import ReasoningCollator, format_reasoning_target
+from ..reasoning import ReasoningCollator
 from .world import LEVELS, QUESTION_KINDS, TinyWorld, corrupt_scene_image
 
 
@@ -129,7 +128,8 @@ class TinyWorldCollator:
 
     - question rows with a ``recovered_image``: [ViT(I_c), ViT(I_r), prompt, target] (`ReasoningCollator`,
       the layout of ``model.answer(..., recover=True)``);
-    - question rows without one: [ViT(I_c), prompt, target] (the layout of ``recover=False``);
+    - question rows without one: [ViT(I_c), prompt, target] (the layout of ``recover=False``, the same
+      collator with ``allow_without_recovery``);
     - recovery pairs (``target_image``): [VAE(I_c), ViT(I_c), P_rec, VAE(clean) noisy] with guidance
       condition dropout (`GuidanceDropoutCollator`).
 
@@ -147,25 +147,17 @@ class TinyWorldCollator:
     """
 
     def __init__(self, processor, config, guidance_dropout: float = 0.0, seed: int = 0):
-        self.processor = processor
-        self.reasoning = ReasoningCollator(processor, config)
+        self.reasoning = ReasoningCollator(processor, config, allow_without_recovery=True)
         self.recovery = GuidanceDropoutCollator(processor, config, guidance_dropout, guidance_dropout, seed)
         self.builder = PackedBatchBuilder.from_config(config)
         self.latent_dim = config.patch_latent_dim
         self.generator = torch.Generator().manual_seed(seed + 1)
 
     def sample(self, row: Mapping[str, Any]) -> list[TextItem | VitItem | VaeItem]:
+        """The packing items of one row (recovery pair or question row, with or without I_r)."""
         if row.get("target_image") is not None:
             return self.recovery.sample(row)
-        if row.get("recovered_image") is not None:
-            return self.reasoning.sample(row)
-        prompt = build_mcq_prompt(row["question"], row["options"], recover=False)
-        target = format_reasoning_target(row["answer"], row.get("reasoning"))
-        return [
-            VitItem(self.processor.image_processor.vit_pixel_values(row["image"])),
-            TextItem(self.processor.encode_text(prompt)),
-            TextItem(self.processor.encode_text(target), loss=True),
-        ]
+        return self.reasoning.sample(row)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         batch = self.builder([self.sample(row) for row in rows])

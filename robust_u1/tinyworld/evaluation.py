@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -29,12 +29,26 @@ from ..trainers.utils import sample_generator
 from .training import RECOVER_KWARGS
 from .world import LEVELS, TinyWorld, corrupt_scene_image
 
+if TYPE_CHECKING:
+    from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
+
 logger = logging.getLogger(__name__)
 
 
-def recover_rows(model, images: Sequence[Image.Image], seed: int, batch_size: int = 64, **recover_kwargs) -> list[Image.Image]:
+def recover_rows(
+    model: RobustU1ForConditionalGeneration, images: Sequence[Image.Image], seed: int, batch_size: int = 64, **recover_kwargs: Any
+) -> list[Image.Image]:
     """``model.recover`` of every image (``RECOVER_KWARGS`` unless overridden), image ``i`` with the
-    generator of ``(seed, i)``, so results do not depend on ``batch_size``."""
+    generator of ``(seed, i)``, so results do not depend on ``batch_size``.
+
+    Example:
+
+    ```python
+    >>> restored = recover_rows(model, [corrupted_a, corrupted_b], seed=0)
+    >>> [image.size for image in restored]
+    [(32, 32), (32, 32)]
+    ```
+    """
     settings = {**RECOVER_KWARGS, **recover_kwargs}
     recovered: list[Image.Image] = []
     for start in range(0, len(images), batch_size):
@@ -46,7 +60,7 @@ def recover_rows(model, images: Sequence[Image.Image], seed: int, batch_size: in
 
 @torch.no_grad()
 def answer_rows(
-    model,
+    model: RobustU1ForConditionalGeneration,
     rows: Sequence[Mapping[str, Any]],
     recovered: Sequence[Image.Image] | None = None,
     image_key: str = "image",
@@ -57,6 +71,13 @@ def answer_rows(
 
     With ``recovered`` each row is answered over [I_c, I_r, Q] (``model.answer(recover=True)``),
     otherwise over [I_c, Q] (``recover=False``); ``image_key`` selects the input image column.
+
+    Example:
+
+    ```python
+    >>> answer_rows(model, rows, image_key="clean_image")[:3]  # the clean oracle
+    ['A', 'C', None]
+    ```
     """
     letters: list[str | None] = []
     for start in range(0, len(rows), batch_size):
@@ -73,12 +94,20 @@ def answer_rows(
 
 
 def accuracy(letters: Sequence[str | None], rows: Sequence[Mapping[str, Any]]) -> float:
-    """Share of rows whose picked letter is the answer."""
+    """Share of rows whose picked letter is the answer.
+
+    Example:
+
+    ```python
+    >>> accuracy(["A", None], [{"answer": "A"}, {"answer": "B"}])
+    0.5
+    ```
+    """
     return sum(letter == row["answer"] for letter, row in zip(letters, rows)) / len(rows)
 
 
 def recovery_table(
-    models: Mapping[str, Any],
+    models: Mapping[str, RobustU1ForConditionalGeneration],
     world: TinyWorld,
     num_images: int,
     levels: Sequence[str] = LEVELS,
@@ -110,8 +139,8 @@ def recovery_table(
 
 
 def mcq_table(
-    base,
-    final,
+    base: RobustU1ForConditionalGeneration,
+    final: RobustU1ForConditionalGeneration,
     world: TinyWorld,
     num_questions: int,
     levels: Sequence[str] = LEVELS,

@@ -18,6 +18,8 @@ True
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..configuration_robust_u1 import RobustU1Config
@@ -25,6 +27,9 @@ from ..processing_robust_u1 import RobustU1ImageProcessor, RobustU1Processor
 from ..tiny import SPECIAL_TOKENS
 from .tokenizer import tinyworld_tokenizer
 from .world import IMAGE_SIZE
+
+if TYPE_CHECKING:
+    from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
 
 VIT_PATCH_SIZE = 8
 VAE_BLOCK_CHANNELS = [16, 32, 32]
@@ -35,7 +40,16 @@ PIXELS_PER_LATENT_TOKEN = 2 ** (len(VAE_BLOCK_CHANNELS) - 1) * LATENT_PATCH_SIZE
 
 def tinyworld_processor() -> RobustU1Processor:
     """The word-level tokenizer and image transforms that bring any image to at most 32 px (TinyWorld
-    images pass through unchanged)."""
+    images pass through unchanged).
+
+    Example:
+
+    ```python
+    >>> processor = tinyworld_processor()
+    >>> processor.image_processor.resize(Image.new("RGB", (640, 480)), "vae").size
+    (32, 24)
+    ```
+    """
     image_processor = RobustU1ImageProcessor(
         vae_max_size=IMAGE_SIZE, vae_min_size=IMAGE_SIZE, vae_stride=PIXELS_PER_LATENT_TOKEN,
         vit_max_size=IMAGE_SIZE, vit_min_size=IMAGE_SIZE, vit_stride=VIT_PATCH_SIZE,
@@ -44,7 +58,16 @@ def tinyworld_processor() -> RobustU1Processor:
 
 
 def tinyworld_config(processor: RobustU1Processor) -> RobustU1Config:
-    """The model configuration for ``processor``'s tokenizer."""
+    """The model configuration for ``processor``'s tokenizer.
+
+    Example:
+
+    ```python
+    >>> config = tinyworld_config(tinyworld_processor())
+    >>> config.latent_channels, config.max_latent_size
+    (4, 4)
+    ```
+    """
     tokenizer = processor.tokenizer
     ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
     special = dict(zip(("bos_token_id", "eos_token_id", "start_of_image_token_id", "end_of_image_token_id"), ids))
@@ -75,7 +98,7 @@ def tinyworld_config(processor: RobustU1Processor) -> RobustU1Config:
     )  # fmt: skip
 
 
-def new_tinyworld_model(seed: int = 0):
+def new_tinyworld_model(seed: int = 0) -> tuple[RobustU1ForConditionalGeneration, RobustU1Processor]:
     """A randomly initialised TinyWorld model and its processor (the starting point of training).
 
     Example:

@@ -36,7 +36,15 @@ _PRE_TOKENIZER = pre_tokenizers.Whitespace()
 
 def world_texts() -> list[str]:
     """Every text the world and the library's prompts produce: questions, options, reasoning, P_rec,
-    the MCQ / open-question layouts (with and without recovery) and BAGEL's think system prompt."""
+    the MCQ / open-question layouts (with and without recovery) and BAGEL's think system prompt.
+
+    Example:
+
+    ```python
+    >>> RECOVERY_PROMPT in world_texts()
+    True
+    ```
+    """
     texts = [RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, *OPTION_LETTERS, *COUNT_WORDS, *POSITIONS]
     for recover in (False, True):
         texts.append(build_mcq_prompt("", list(OPTION_LETTERS), recover=recover, hint=""))
@@ -57,7 +65,15 @@ def _words(text: str) -> list[str]:
 
 
 def tinyworld_tokenizer() -> PreTrainedTokenizerFast:
-    """The word-level tokenizer (deterministic: words sorted, special and tag tokens appended last)."""
+    """The word-level tokenizer (deterministic: words sorted, special and tag tokens appended last).
+
+    Example:
+
+    ```python
+    >>> tinyworld_tokenizer().tokenize("Which shape is red?")
+    ['Which', 'shape', 'is', 'red', '?']
+    ```
+    """
     words = sorted({word for text in world_texts() for word in _words(text)} - set(TAG_TOKENS) - {"<", ">", "</"})
     vocab = {UNKNOWN_TOKEN: 0, **{word: index + 1 for index, word in enumerate(words)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN_TOKEN))

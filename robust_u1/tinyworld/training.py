@@ -33,7 +33,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import datasets
 import torch
@@ -52,6 +52,15 @@ from .data import GuidanceDropoutCollator, TinyWorldCollator, question_rows, rec
 from .model import new_tinyworld_model
 from .world import TinyWorld
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
+    from ..processing_robust_u1 import RobustU1Processor
+
+    Model = RobustU1ForConditionalGeneration
+    Processor = RobustU1Processor
+
 logger = logging.getLogger(__name__)
 
 STAGES = ("base", "sft", "rl", "final")
@@ -63,7 +72,14 @@ RECOVER_KWARGS: dict[str, Any] = {"num_inference_steps": 20}
 
 @dataclass
 class TinyWorldRecipe:
-    """Every setting of a from-scratch TinyWorld run (the shipped checkpoints use these defaults)."""
+    """Every setting of a from-scratch TinyWorld run (the shipped checkpoints use these defaults).
+
+    Example:
+
+    ```python
+    >>> quick = TinyWorldRecipe(sft_steps=200, rl_steps=10)  # a shorter run; every other setting as shipped
+    ```
+    """
 
     seed: int = 0
     # VAE
@@ -105,7 +121,9 @@ def _trainer_defaults(seed: int) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def train_vae(model, processor, images, steps: int, batch_size: int, learning_rate: float, seed: int) -> None:
+def _train_vae(
+    model: Model, processor: Processor, images: list[Image.Image], steps: int, batch_size: int, learning_rate: float, seed: int
+) -> None:
     """Fits ``model.vae`` to reconstruct ``images`` (PIL), then sets ``shift_factor`` / ``scaling_factor``
     so that the scaled latents of these images have mean 0 and standard deviation 1 (flow matching
     assumes unit-scale data, as FLUX's factors give for natural images)."""
@@ -134,9 +152,10 @@ def train_vae(model, processor, images, steps: int, batch_size: int, learning_ra
     model.config.vae_config = {**model.config.vae_config, "shift_factor": shift, "scaling_factor": scale}
 
 
-def train_with_trainer(
-    model, processor, rows, steps: int, learning_rate: float, batch_size: int, guidance_dropout: float, output_dir, seed: int
-) -> None:
+def _train_with_trainer(
+    model: Model, processor: Processor, rows: list[dict[str, Any]], steps: int, learning_rate: float, batch_size: int,
+    guidance_dropout: float, output_dir: str | Path, seed: int,
+) -> None:  # fmt: skip
     """The standard `Trainer` on TinyWorld rows packed by `TinyWorldCollator`: question rows (CE on the
     answer) and, in stage III, recovery pairs (flow-matching MSE) — every parameter but the VAE trains."""
     args = reasoning_training_arguments(
@@ -149,7 +168,10 @@ def train_with_trainer(
     model.eval()
 
 
-def train_flow_matching(model, processor, pairs, steps: int, learning_rate: float, batch_size: int, dropout: float, output_dir, seed: int) -> None:
+def _train_flow_matching(
+    model: Model, processor: Processor, pairs: list[dict[str, Any]], steps: int, learning_rate: float, batch_size: int,
+    dropout: float, output_dir: str | Path, seed: int,
+) -> None:  # fmt: skip
     """`FlowMatchingTrainer` (generation expert only, VAE frozen) on (image, target_image) pairs, with
     guidance condition dropout (`GuidanceDropoutCollator`)."""
     args = FlowMatchingConfig(
@@ -161,7 +183,9 @@ def train_flow_matching(model, processor, pairs, steps: int, learning_rate: floa
     _restore_after_stage(model)
 
 
-def train_flow_grpo(model, processor, pairs, recipe: TinyWorldRecipe, output_dir) -> None:
+def _train_flow_grpo(
+    model: Model, processor: Processor, pairs: list[dict[str, Any]], recipe: TinyWorldRecipe, output_dir: str | Path
+) -> None:
     """`FlowGRPOTrainer` with the SSIM reward on (corrupted, clean) pairs, training a LoRA adapter on the
     generation expert as the paper's stage II does; the adapter is then merged into ``model``."""
     args = FlowGRPOConfig(
@@ -180,7 +204,7 @@ def train_flow_grpo(model, processor, pairs, recipe: TinyWorldRecipe, output_dir
     _restore_after_stage(model)
 
 
-def train_reasoning(model, processor, world: TinyWorld, recipe: TinyWorldRecipe, work_dir: str | Path) -> None:
+def _train_reasoning(model: Model, processor: Processor, world: TinyWorld, recipe: TinyWorldRecipe, work_dir: str | Path) -> None:
     """Stage III: I_r of corrupted training images from the model's own recovery
     (`build_reasoning_dataset`), then the standard `Trainer` on [I_c, I_r, Q] rows, mixed with the same
     rows as [I_c, Q] (so that answering without recovery stays a trained, fair baseline) and with
@@ -195,19 +219,27 @@ def train_reasoning(model, processor, world: TinyWorld, recipe: TinyWorldRecipe,
     )  # fmt: skip
     pairs = recovery_pairs(world, recipe.reasoning_recovery_pairs, recipe.seed + 6, levels=("clean", "low", "mid", "high"))
     mixed = [*with_recovery, *({**row, "recovered_image": None} for row in with_recovery), *pairs]
-    train_with_trainer(model, processor, mixed, recipe.reasoning_steps, recipe.reasoning_learning_rate, recipe.batch_size,
+    _train_with_trainer(model, processor, mixed, recipe.reasoning_steps, recipe.reasoning_learning_rate, recipe.batch_size,
                        recipe.guidance_dropout, Path(work_dir) / "reasoning", recipe.seed)  # fmt: skip
 
 
-def _restore_after_stage(model) -> None:
+def _restore_after_stage(model: Model) -> None:
     """The trainers freeze what a stage does not train; the saved model should be plainly trainable."""
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith("vae.") and not name.endswith("pos_embed.pos_embed"))
     model.eval()
 
 
-def save_stage(model, processor, folder: str | Path, card: str) -> Path:
-    """Saves a stage checkpoint (safetensors, processor files, model card README.md)."""
+def save_stage(model: Model, processor: Processor, folder: str | Path, card: str) -> Path:
+    """Saves a stage checkpoint (safetensors, processor files, model card README.md).
+
+    Example:
+
+    ```python
+    >>> save_stage(model, processor, "runs/tinyworld/sft", tinyworld_card("sft", TinyWorldRecipe(), minutes))
+    PosixPath('runs/tinyworld/sft')
+    ```
+    """
     folder = Path(folder)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -224,6 +256,15 @@ def train_tinyworld(
 
     ``card_for(stage, recipe, minutes)`` writes each checkpoint's model card. Stage wall times (minutes)
     are logged and passed to the cards.
+
+    Example:
+
+    ```python
+    >>> from robust_u1.tinyworld.card import tinyworld_card
+    >>> paths = train_tinyworld(TinyWorldRecipe(), "runs/tinyworld", tinyworld_card)
+    >>> paths["final"]
+    PosixPath('runs/tinyworld/final')
+    ```
     """
     output_dir = Path(output_dir)
     world = TinyWorld(recipe.seed)
@@ -240,31 +281,31 @@ def train_tinyworld(
     train_scenes = world.scenes("train")
     vae_images = [scene.render() for scene in train_scenes]
     vae_images += [pair["image"] for pair in recovery_pairs(world, len(train_scenes) // 4, recipe.seed + 1)]
-    timed("vae", lambda: train_vae(model, processor, vae_images, recipe.vae_steps, recipe.vae_batch_size,
+    timed("vae", lambda: _train_vae(model, processor, vae_images, recipe.vae_steps, recipe.vae_batch_size,
                                    recipe.vae_learning_rate, recipe.seed))  # fmt: skip
 
     understanding = question_rows(world, "train", recipe.understanding_scenes, ("clean",), recipe.seed, all_questions=True)
-    timed("understanding", lambda: train_with_trainer(
+    timed("understanding", lambda: _train_with_trainer(
         model, processor, understanding, recipe.understanding_steps, recipe.understanding_learning_rate,
         recipe.batch_size, recipe.guidance_dropout, output_dir / "work" / "understanding", recipe.seed))  # fmt: skip
 
     identity = recovery_pairs(world, recipe.reconstruction_pairs, recipe.seed + 2, levels=("clean", "low", "mid", "high"), identity=True)
-    timed("reconstruction", lambda: train_flow_matching(
+    timed("reconstruction", lambda: _train_flow_matching(
         model, processor, identity, recipe.reconstruction_steps, recipe.reconstruction_learning_rate,
         recipe.batch_size, recipe.guidance_dropout, output_dir / "work" / "reconstruction", recipe.seed))  # fmt: skip
     paths = {"base": save_stage(model, processor, output_dir / "base", card_for("base", recipe, minutes))}
 
     restoration = recovery_pairs(world, recipe.sft_pairs, recipe.seed + 3, levels=("clean", "low", "mid", "high"))
-    timed("sft", lambda: train_flow_matching(
+    timed("sft", lambda: _train_flow_matching(
         model, processor, restoration, recipe.sft_steps, recipe.sft_learning_rate, recipe.batch_size,
         recipe.guidance_dropout, output_dir / "work" / "sft", recipe.seed))  # fmt: skip
     paths["sft"] = save_stage(model, processor, output_dir / "sft", card_for("sft", recipe, minutes))
 
     rl_pairs = recovery_pairs(world, recipe.rl_images, recipe.seed + 4, levels=("low", "mid", "high"))
-    timed("rl", lambda: train_flow_grpo(model, processor, rl_pairs, recipe, output_dir / "work" / "rl"))
+    timed("rl", lambda: _train_flow_grpo(model, processor, rl_pairs, recipe, output_dir / "work" / "rl"))
     paths["rl"] = save_stage(model, processor, output_dir / "rl", card_for("rl", recipe, minutes))
 
-    timed("reasoning", lambda: train_reasoning(model, processor, world, recipe, output_dir / "work"))
+    timed("reasoning", lambda: _train_reasoning(model, processor, world, recipe, output_dir / "work"))
     paths["final"] = save_stage(model, processor, output_dir / "final", card_for("final", recipe, minutes))
     return paths
 

@@ -213,7 +213,15 @@ class TinyWorld:
         self.seed = seed
 
     def scene(self, split: str, index: int) -> Scene:
-        """Scene ``index`` of ``split`` ("train", "validation" or "test")."""
+        """Scene ``index`` of ``split`` ("train", "validation" or "test").
+
+        Example:
+
+        ```python
+        >>> TinyWorld(0).scene("test", 0).description()
+        'I see a yellow circle at the top right.'
+        ```
+        """
         if split not in SPLIT_SIZES:
             raise ValueError(f"Unknown split {split!r}; expected one of {sorted(SPLIT_SIZES)}.")
         if not 0 <= index < SPLIT_SIZES[split]:
@@ -236,12 +244,28 @@ class TinyWorld:
         return Scene(split, index, self.seed, background, tuple(objects))
 
     def scenes(self, split: str, count: int | None = None) -> list[Scene]:
-        """The first ``count`` scenes of a split (all by default)."""
+        """The first ``count`` scenes of a split (all by default).
+
+        Example:
+
+        ```python
+        >>> len(TinyWorld(0).scenes("validation")), len(TinyWorld(0).scenes("train", 8))
+        (200, 8)
+        ```
+        """
         return [self.scene(split, i) for i in range(SPLIT_SIZES[split] if count is None else count)]
 
     def test_questions(self, split: str = "test", count: int | None = None) -> list[tuple[Scene, Question]]:
         """One question per scene, the kind rotating count → colour → shape → position, so every kind
-        is equally represented in any prefix of the list."""
+        is equally represented in any prefix of the list.
+
+        Example:
+
+        ```python
+        >>> [question.kind for _, question in TinyWorld(0).test_questions(count=4)]
+        ['count', 'color', 'shape', 'position']
+        ```
+        """
         return [
             (scene, scene.question(QUESTION_KINDS[scene.index % len(QUESTION_KINDS)]))
             for scene in self.scenes(split, count)
