@@ -60,7 +60,7 @@ def _recover_kwargs(args) -> dict:
                 cfg_img_scale=args.cfg_img_scale, generator=_generator(args.seed), progress=True)  # fmt: skip
 
 
-def run_recover(args) -> int:
+def run_recover(args: argparse.Namespace) -> int:
     image = _open_input(args.input)
     model = _load(args.model, args.dtype)
     restored = model.recover(image, **_recover_kwargs(args))
@@ -70,7 +70,7 @@ def run_recover(args) -> int:
     return 0
 
 
-def run_ask(args) -> int:
+def run_ask(args: argparse.Namespace) -> int:
     image = _open_input(args.image)
     model = _load(args.model, args.dtype)
     result = model.answer(
@@ -91,7 +91,7 @@ def run_ask(args) -> int:
     return 0
 
 
-def run_convert(args) -> int:
+def run_convert(args: argparse.Namespace) -> int:
     from .convert_bagel_weights_to_hf import convert_bagel_checkpoint
 
     out = convert_bagel_checkpoint(args.input, args.output, args.dtype)
@@ -99,7 +99,7 @@ def run_convert(args) -> int:
     return 0
 
 
-def run_eval(args) -> int:
+def run_eval(args: argparse.Namespace) -> int:
     from .corruptions import degrade_at_level
     from .evaluation import (
         evaluate_benchmark,
@@ -143,7 +143,7 @@ def _judge(args):
     return TransformersJudge(args.judge_model)
 
 
-def run_push(args) -> int:
+def run_push(args: argparse.Namespace) -> int:
     from .evaluation import read_json
     from .hub import push_artifact
 

@@ -482,6 +482,7 @@ class ReasoningCollator:
         self.builder = PackedBatchBuilder.from_config(config, max_tokens_per_batch)
 
     def sample(self, example: Mapping[str, Any]) -> list[TextItem | VitItem]:
+        """The packing items of one row, e.g. ``collator.sample(rows[0])`` → [VitItem, VitItem, TextItem, TextItem]."""
         required = ("image", "question", "answer") if self.allow_without_recovery else ("image", "recovered_image", "question", "answer")
         missing = [key for key in required if example.get(key) is None]
         if missing:
