@@ -9,6 +9,10 @@ robust-u1 convert /path/to/BAGEL-7B-MoT ./bagel-7b-hf --dtype bfloat16
 Every command takes ``--model`` (a Hub id or folder, official or Hugging Face layout). Without it the
 bundled TinyWorld model is used (`robust_u1.tinyworld`): trained, offline, 2 M parameters, and it only
 knows TinyWorld's 32×32 images of coloured shapes.
+
+Start-up: this module imports only the standard library at the top, and `main` parses the arguments
+and checks the input files before any command imports torch or transformers, so ``--help``, a bad
+option or a mistyped file name answer at once (``benchmarks/bench_import.py`` times it).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 BUNDLED_MODEL = "tinyworld"
 
@@ -23,6 +28,7 @@ BUNDLED_MODEL = "tinyworld"
 def _load(model_name: str, dtype: str | None):
     import torch
 
+    from . import _registration  # noqa: F401  (deferred by `robust_u1._started_as_cli`)
     from .modeling_robust_u1 import RobustU1ForConditionalGeneration
 
     if model_name == BUNDLED_MODEL:
@@ -166,7 +172,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robust-u1", description="Robust-U1: recover corrupted images, then answer.")
+    parser = _ArgumentParser(prog="robust-u1", description="Robust-U1: recover corrupted images, then answer.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     recover = commands.add_parser("recover", help="Restore a corrupted image.")
@@ -213,15 +219,46 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=run_push)
 
-    from .corruptions.cli import add_build_dataset_parser, add_corrupt_parser
+    from .corruptions.cli import add_corrupt_parser
+    from .data.cli import add_build_dataset_parser
 
     add_corrupt_parser(commands)
     add_build_dataset_parser(commands)
     return parser
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a usage error on one stderr line (exit code 2) that points to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# Inputs that must exist, per command: checked before a command imports torch (seconds).
+_INPUT_PATHS: dict[str, tuple[str, ...]] = {
+    "recover": ("input",),
+    "ask": ("image",),
+    "convert": ("input",),
+    "push": ("folder", "results"),
+    "corrupt": ("input",),
+    "build-dataset": ("source",),
+}
+
+
+def _missing_input(args: argparse.Namespace) -> str | None:
+    for name in _INPUT_PATHS.get(args.command, ()):
+        path = getattr(args, name, None)
+        if path is not None and not Path(path).exists():
+            return f"{name.replace('_', ' ')} not found: {path} (check the path)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = _missing_input(args)
+    if missing:
+        print(f"robust-u1 {args.command}: error: {missing}", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:

@@ -195,7 +195,7 @@ class RecoveryCollator:
     """
 
     def __init__(self, processor, config, prompt: str | None = None, max_tokens_per_batch: int | None = None):
-        from .evaluation.prompts import RECOVERY_PROMPT
+        from .prompting import RECOVERY_PROMPT
 
         self.processor = processor
         self.prompt = prompt or RECOVERY_PROMPT

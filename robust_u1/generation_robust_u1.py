@@ -16,9 +16,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .evaluation.options import extract_option, final_answer_text, strip_reasoning
-from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
+from .prompting import RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, build_question_prompt, parse_reply
 from .sampling import GuidanceConfig, euler_step, flow_timesteps, guided_velocity
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -53,14 +52,6 @@ class EditInputs:
     vae_pixel_values: list[torch.Tensor]
     vit_pixel_values: list[torch.Tensor]
     prompt_ids: list[torch.Tensor]
-
-
-# BAGEL's think-mode system prompt (official inferencer).
-THINK_SYSTEM_PROMPT = (
-    "You should first think about the reasoning process in the mind and then provide the user with the answer. "
-    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
-    "answer here"
-)
 
 
 @dataclass
@@ -358,7 +349,7 @@ class RobustU1GenerationMixin:
             raise ValueError("answer() needs a processor (tokenizer): pass `processor=` or set `model.processor`.")
         image = _as_image_input(image)
         if prompt is None:
-            prompt = build_mcq_prompt(question, options, recover=recover) if options else build_open_prompt(question, recover=recover)
+            prompt = build_question_prompt(question, options, recover=recover)
         recovered = None
         if recover:
             recovered = self.recover(image, processor=processor, output_type="pil", **(recover_kwargs or {}))
@@ -370,12 +361,11 @@ class RobustU1GenerationMixin:
             temperature=temperature, think=think, **generate_kwargs,
         )  # fmt: skip
         raw = processor.decode(ids[0])
-        reasoning = raw.split("<think>", 1)[1].split("</think>", 1)[0].strip() if "<think>" in raw else None
-        text = final_answer_text(strip_reasoning(raw)).strip()
+        reasoning, text = parse_reply(raw)
         return RobustAnswer(
             answer=text,
             reasoning=reasoning,
-            option=extract_option(raw, options) if options else None,
+            option=_extract_option(raw, options) if options else None,
             recovered_image=recovered if return_recovered else None,
             raw_text=raw,
         )
@@ -446,3 +436,12 @@ def _as_image_input(image):
 def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
     """A [3, H, W] image in [-1, 1] → uint8 HWC with the official conversion, which truncates."""
     return ((tensor * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _extract_option(reply: str, options: Sequence[str] | dict[str, str]) -> str | None:
+    # The VLMEvalKit option-letter rules are the benchmark scorer's (`robust_u1.evaluation.options`,
+    # standard library only); `answer` reports the same letter the scorer would count. Imported at call
+    # time: the only place the model reaches into the evaluation package.
+    from .evaluation.options import extract_option
+
+    return extract_option(reply, options)

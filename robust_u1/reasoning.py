@@ -10,11 +10,11 @@ only (DESIGN.md §3). This module holds the three pieces that make that a plain 
 - `ReasoningCollator` packs [ViT(I_c), ViT(I_r), prompt, target] samples for the packed forward, and
   `reasoning_training_arguments` sets the three `TrainingArguments` that the packed batches need.
 
-Target format: ``<think>{reasoning}</think><ANSWER>{answer}</ANSWER>``, or ``<ANSWER>{answer}</ANSWER>``
-without reasoning. ``<think>`` is BAGEL's think-mode wrapper and ``<ANSWER>…</ANSWER>`` the Robust-U1
-answer tag, so `model.answer` and the benchmark scorers (`evaluation.options.final_answer_text`,
-which drops ``<think>`` blocks and reads the last ``<ANSWER>`` tag) parse what the trained model
-writes without any change. MCQ answers are the option letter, as the scorers expect.
+Target format: the model's reply format (`robust_u1.prompting.format_reply`):
+``<think>{reasoning}</think><ANSWER>{answer}</ANSWER>``, or ``<ANSWER>{answer}</ANSWER>`` without
+reasoning, so `model.answer` and the benchmark scorers (both read replies with
+`robust_u1.prompting.parse_reply` / ``final_answer_text``) parse what the trained model writes without
+any change. MCQ answers are the option letter, as the scorers expect.
 
 Example:
 
@@ -45,9 +45,7 @@ from transformers import TrainingArguments
 
 from .collators import PackedBatchBuilder, TextItem, VitItem
 from .data.caching import cache_file_name, fingerprint
-from .evaluation.options import normalize_options, parse_choice_string
-from .evaluation.prompts import build_mcq_prompt, build_open_prompt
-from .generation_robust_u1 import THINK_SYSTEM_PROMPT
+from .prompting import THINK_SYSTEM_PROMPT, build_question_prompt, format_reply, normalize_options, parse_choice_string
 from .trainers.utils import sample_generator
 
 REASONING_FEATURES = datasets.Features(
@@ -72,7 +70,7 @@ _OPTION_LETTERS = tuple(string.ascii_uppercase)
 
 
 def format_reasoning_target(answer: str, reasoning: str | None = None) -> str:
-    """The text the model learns to write: optional ``<think>`` reasoning, then the ``<ANSWER>`` tag.
+    """The text the model learns to write (`robust_u1.prompting.format_reply`, kept under this name).
 
     Example:
         >>> format_reasoning_target("B", "The sign is red.")
@@ -80,8 +78,7 @@ def format_reasoning_target(answer: str, reasoning: str | None = None) -> str:
         >>> format_reasoning_target("B")
         '<ANSWER>B</ANSWER>'
     """
-    answer_tag = f"<ANSWER>{answer}</ANSWER>"
-    return f"<think>{reasoning}</think>{answer_tag}" if reasoning else answer_tag
+    return format_reply(answer, reasoning)
 
 
 def default_reasoning_prompt(question: str, options: Sequence[str] | Mapping[str, str] | None, recover: bool = True) -> str:
@@ -96,9 +93,7 @@ def default_reasoning_prompt(question: str, options: Sequence[str] | Mapping[str
         Please restore this corrupted image to its clean version.
         Based on what you observe in the restored image, please select the correct answer from the options above.
     """
-    if options:
-        return build_mcq_prompt(question, options, recover=recover)
-    return build_open_prompt(question, recover=recover)
+    return build_question_prompt(question, options, recover=recover)
 
 
 # ----------------------------------------------------------------------------------------------

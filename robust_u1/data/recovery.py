@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
-from ..evaluation.prompts import RECOVERY_PROMPT
+from ..prompting import RECOVERY_PROMPT
 from .caching import cache_file_name, fingerprint
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from ..evaluation.options import extract_option
-from ..evaluation.prompts import build_mcq_prompt
 from ..evaluation.recovery import recovery_metrics
+from ..prompting import build_mcq_prompt
 from ..trainers.utils import sample_generator
 from .training import RECOVER_KWARGS
 from .world import LEVELS, TinyWorld, corrupt_scene_image

@@ -1,5 +1,5 @@
 """The TinyWorld tokenizer: a word-level `tokenizers` model over the world's words and the prompts of
-`robust_u1.evaluation.prompts`, plus BAGEL's special tokens and the answer / think tags.
+`robust_u1.prompting`, plus BAGEL's special tokens and the answer / think tags.
 
 Words are split on whitespace and punctuation (``\\w+|[^\\w\\s]+``), so newlines are not tokens and
 decoding joins words with spaces (``"Question : Which shape is red ?"``); the answer parsers only
@@ -24,8 +24,7 @@ from itertools import product
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ..evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
-from ..generation_robust_u1 import THINK_SYSTEM_PROMPT
+from ..prompting import RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, build_mcq_prompt, build_open_prompt
 from ..tiny import SPECIAL_TOKENS
 from .world import COLORS, COUNT_WORDS, OPTION_LETTERS, POSITIONS, SHAPES
 

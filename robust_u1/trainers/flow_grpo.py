@@ -305,7 +305,7 @@ class FlowGRPOTrainer(Trainer):
                         torch.stack(log_probs) if log_probs else torch.zeros(0, len(examples)), advantages, x)  # fmt: skip
 
     def _edit_inputs(self, examples) -> EditInputs:
-        from ..evaluation.prompts import RECOVERY_PROMPT
+        from ..prompting import RECOVERY_PROMPT
 
         prompts = [example.get("prompt") or RECOVERY_PROMPT for example in examples]
         return model_for_calls(self).prepare_edit_inputs([e["image"] for e in examples], prompts, self.processing_class)

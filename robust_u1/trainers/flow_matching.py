@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from ..collators import RecoveryCollator
-from ..evaluation.prompts import RECOVERY_PROMPT
+from ..prompting import RECOVERY_PROMPT
 from .utils import (
     EMACallback,
     EMAWeights,
