@@ -12,8 +12,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -320,6 +318,14 @@ class PositionEmbedding2D(nn.Module):
         return self.pos_embed[position_ids]
 
 
+def _autoencoder_kl() -> type:
+    # diffusers is imported when a model is built, not when this module is: importing it costs about
+    # 3 s of CPU (all its autoencoders and quantizers), and `import robust_u1` only registers classes.
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL
+
+
 class TimestepEmbedder(nn.Module):
     """``mlp(cat[cos(tφ), sin(tφ)])`` with t in [0, 1] used as is (no ×1000)."""
 
@@ -330,6 +336,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        from diffusers.models.embeddings import get_timestep_embedding  # see `_autoencoder_kl`
+
         freqs = get_timestep_embedding(t, self.frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         return self.mlp(freqs.to(self.mlp[0].weight.dtype))
 
@@ -389,7 +397,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         self.time_embedder = TimestepEmbedder(text.hidden_size)
         self.vae2llm = nn.Linear(config.patch_latent_dim, text.hidden_size)
         self.llm2vae = nn.Linear(text.hidden_size, config.patch_latent_dim)
-        self.vae = AutoencoderKL(**config.vae_config)
+        self.vae = _autoencoder_kl()(**config.vae_config)
         self.vae.requires_grad_(False)  # the VAE is frozen in every Robust-U1 stage
         self.attention_backend = "auto"
         self.post_init()
