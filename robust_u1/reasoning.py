@@ -44,7 +44,7 @@ from datasets.fingerprint import Hasher
 from transformers import TrainingArguments
 
 from .collators import PackedBatchBuilder, TextItem, VitItem
-from .data.caching import cache_file_name, fingerprint
+from .data.caching import cached_map, fingerprint
 from .prompting import THINK_SYSTEM_PROMPT, build_question_prompt, format_reply, normalize_options, parse_choice_string
 from .trainers.utils import sample_generator
 
@@ -188,8 +188,12 @@ def build_reasoning_dataset(
         shard = dataset.select(range(start, stop))
         shard_key = f"{key}-{start:09d}-{stop:09d}"
         shards.append(
-            shard.map(
+            cached_map(
+                shard,
                 _recover_batch,
+                prefix="reasoning",
+                key=shard_key,
+                cache_dir=cache_dir,
                 batched=True,
                 batch_size=batch_size,
                 writer_batch_size=batch_size,
@@ -205,8 +209,6 @@ def build_reasoning_dataset(
                     "first_index": start,
                     "option_columns": option_columns,
                 },
-                new_fingerprint=shard_key,
-                cache_file_name=cache_file_name(dataset, cache_dir, "reasoning", shard_key),
                 load_from_cache_file=True,
                 desc=f"Recovering images (rows {start}-{stop - 1} of {len(dataset)})",
             )

@@ -28,7 +28,7 @@ from ..corruptions.registry import (
     expand_names,
 )
 from ..corruptions.seeding import SeedLike, as_int_seed
-from .caching import cache_file_name, fingerprint
+from .caching import cached_map, fingerprint
 
 CLEAN_LEVEL = 0
 _CLEAN_NAMES = {"0", "0%", "clean", "none"}
@@ -86,8 +86,12 @@ def build_degraded_benchmark(
     for percent in percents:
         key = fingerprint("degraded", dataset._fingerprint, image_column, names, base_seed, percent)
         copies.append(
-            dataset.map(
+            cached_map(
+                dataset,
                 _degrade_example,
+                prefix="degraded",
+                key=key,
+                cache_dir=cache_dir,
                 with_indices=True,
                 features=features,
                 num_proc=num_proc,
@@ -97,8 +101,6 @@ def build_degraded_benchmark(
                     "seed": base_seed,
                     "image_column": image_column,
                 },
-                new_fingerprint=key,
-                cache_file_name=cache_file_name(dataset, cache_dir, "degraded", key),
                 desc=f"Degrading images ({percent}%)",
             )
         )

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
 from ..prompting import RECOVERY_PROMPT
-from .caching import cache_file_name, fingerprint
+from .caching import cached_map, fingerprint
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 JSONL_NAME = "data.jsonl"
@@ -112,8 +112,12 @@ def build_recovery_dataset(
         samples_per_image,
         base_seed,
     )
-    return dataset.map(
+    return cached_map(
+        dataset,
         _corrupt_batch,
+        prefix="recovery",
+        key=key,
+        cache_dir=cache_dir,
         batched=True,
         batch_size=batch_size,
         with_indices=True,
@@ -126,8 +130,6 @@ def build_recovery_dataset(
             "samples_per_image": samples_per_image,
             "image_column": image_column,
         },
-        new_fingerprint=key,
-        cache_file_name=cache_file_name(dataset, cache_dir, "recovery", key),
         desc="Corrupting images",
     )
 

@@ -8,13 +8,11 @@ gradients: clipped policy ratio, plus β·KL to the same model with its LoRA ada
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
 
 from ..flow_grpo_math import (
@@ -29,6 +27,7 @@ from ..rewards import compute_rewards, reward_name
 from ..sampling import GuidanceConfig, euler_step, flow_timesteps
 from .utils import (
     ImageBoundsArguments,
+    load_model_and_processor,
     model_for_calls,
     prepare_model_for_training,
     sample_generator,
@@ -118,26 +117,6 @@ class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
         )
 
 
-class RepeatSampler(Sampler):
-    """Each dataset index ``repeats`` times in a row (the G rollouts of one image), in a seeded shuffled order."""
-
-    def __init__(self, data_source, repeats: int, seed: int = 0, shuffle: bool = True):
-        self.data_source, self.repeats, self.seed, self.shuffle = data_source, repeats, seed, shuffle
-        self.epoch = 0
-
-    def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(len(self.data_source), generator=generator).tolist()
-        else:
-            order = list(range(len(self.data_source)))
-        self.epoch += 1
-        return (index for index in order for _ in range(self.repeats))
-
-    def __len__(self) -> int:
-        return len(self.data_source) * self.repeats
-
-
 @dataclass
 class Rollouts:
     """A generated batch: the window steps of every rollout with their old log-probs, and advantages."""
@@ -205,14 +184,8 @@ class FlowGRPOTrainer(Trainer):
         callbacks=None,
         **kwargs,
     ):
-        from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
-
         args = args or FlowGRPOConfig("robust-u1-rl")
-        if isinstance(model, (str, os.PathLike)):
-            model = RobustU1ForConditionalGeneration.from_pretrained(model)
-        processing_class = processing_class or getattr(model, "processor", None)
-        if processing_class is None:
-            raise ValueError("FlowGRPOTrainer needs the model's processor: pass `processing_class=`.")
+        model, processing_class = load_model_and_processor(model, args, processing_class, type(self).__name__)
         if args.beta > 0 and peft_config is None:
             raise ValueError(
                 "beta > 0 needs a peft_config: the KL reference is the same model with its LoRA adapter disabled "
@@ -221,7 +194,6 @@ class FlowGRPOTrainer(Trainer):
         self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"{len(self.reward_funcs)} reward functions but {len(args.reward_weights)} reward_weights.")
-        args.apply_image_bounds(processing_class)
         model = prepare_model_for_training(model, peft_config)
         super().__init__(
             model=model, args=args, data_collator=_identity_collator, train_dataset=train_dataset,
@@ -233,7 +205,11 @@ class FlowGRPOTrainer(Trainer):
         self._logged_completions: list[dict[str, Any]] = []
 
     def _get_train_sampler(self, *args, **kwargs):
-        return RepeatSampler(self.train_dataset, self.args.num_generations, seed=self.args.seed)
+        # TRL's GRPO sampler: each image num_generations times in a row (one group per image), in a seeded
+        # shuffled order. Imported here: TRL costs about a second to import and only training needs it.
+        from trl.trainer.grpo_trainer import RepeatSampler
+
+        return RepeatSampler(self.train_dataset, mini_repeat_count=self.args.num_generations, seed=self.args.seed)
 
     # -- generation: rollouts, rewards, advantages ---------------------------------------------
 

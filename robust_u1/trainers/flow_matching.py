@@ -6,7 +6,6 @@ noisy clean latent x_t = (1 − t)·x₀ + t·ε, t = shift·σ(n)/(1 + (shift �
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from .utils import (
     EMACallback,
     EMAWeights,
     ImageBoundsArguments,
+    load_model_and_processor,
     model_for_calls,
     prepare_model_for_training,
     sample_generator,
@@ -109,15 +109,8 @@ class FlowMatchingTrainer(Trainer):
         callbacks=None,
         **kwargs,
     ):
-        from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
-
         args = args or FlowMatchingConfig("robust-u1-sft")
-        if isinstance(model, (str, os.PathLike)):
-            model = RobustU1ForConditionalGeneration.from_pretrained(model)
-        processing_class = processing_class or getattr(model, "processor", None)
-        if processing_class is None:
-            raise ValueError("FlowMatchingTrainer needs the model's processor: pass `processing_class=`.")
-        args.apply_image_bounds(processing_class)
+        model, processing_class = load_model_and_processor(model, args, processing_class, type(self).__name__)
         config = model.config
         model = prepare_model_for_training(model, peft_config, args.train_understanding)
         data_collator = data_collator or RecoveryCollator(processing_class, config, args.recovery_prompt, args.max_tokens_per_batch)

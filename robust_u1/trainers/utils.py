@@ -37,6 +37,37 @@ class ImageBoundsArguments:
                 setattr(processor.image_processor, name, getattr(self, name))
 
 
+def load_model_and_processor(model, args: ImageBoundsArguments | None, processing_class, trainer_name: str):
+    """The shared start of the trainers' ``__init__``: the model (loaded when given as a Hub id or folder)
+    and its processor, with the stage's image bounds applied to the processor.
+
+    Args:
+        model: a `RobustU1ForConditionalGeneration`, or a name / folder for ``from_pretrained``.
+        args: the trainer's config; its ``vae_*`` / ``vit_*`` size bounds are set on the processor.
+        processing_class: the processor; None takes the model's own (``model.processor``).
+        trainer_name: named in the error when there is no processor.
+
+    Returns:
+        ``(model, processing_class)``.
+
+    Raises:
+        ValueError: the model carries no processor and none was given.
+
+    Example:
+        >>> model, processor = load_model_and_processor("Jiaqi-hkust/Robust-U1", args, None, "FlowMatchingTrainer")  # doctest: +SKIP
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
+
+        model = RobustU1ForConditionalGeneration.from_pretrained(model)
+    processing_class = processing_class or getattr(model, "processor", None)
+    if processing_class is None:
+        raise ValueError(f"{trainer_name} needs the model's processor: pass `processing_class=`.")
+    if args is not None:
+        args.apply_image_bounds(processing_class)
+    return model, processing_class
+
+
 def model_for_calls(trainer):
     """The model whose non-forward methods (encode, prefill, guided velocities…) a training step calls.
 
