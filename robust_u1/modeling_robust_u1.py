@@ -372,6 +372,11 @@ class RobustU1PreTrainedModel(PreTrainedModel):
         return {id(m) for m in self.vae.modules()}
 
 
+# transformers' attn_implementation of the language model -> packed attention backend (`attention.py`);
+# None: nothing was requested (transformers leaves the sub-config unset), the automatic choice.
+_ATTENTION_BACKENDS = {None: "auto", "sdpa": "sdpa", "eager": "sdpa", "flex_attention": "flex"}
+
+
 class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrainedModel):
     """BAGEL: understands interleaved text and images, and generates (recovers) images.
 
@@ -399,8 +404,45 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         self.llm2vae = nn.Linear(text.hidden_size, config.patch_latent_dim)
         self.vae = _autoencoder_kl()(**config.vae_config)
         self.vae.requires_grad_(False)  # the VAE is frozen in every Robust-U1 stage
-        self.attention_backend = "auto"
         self.post_init()
+
+    @property
+    def attention_backend(self) -> str:
+        """The kernel of the packed language-model attention, from transformers' ``attn_implementation``.
+
+        ``from_pretrained(..., attn_implementation=...)`` (or ``set_attn_implementation``) sets
+        ``config.text_config._attn_implementation``, which the packed layers read:
+
+        - not set (the default): ``"auto"``: FlexAttention for cache-free batches on CUDA (packed
+          training batches, block-sparse), SDPA everywhere else;
+        - ``"flex_attention"``: FlexAttention for every cache-free batch (also on CPU, unfused), SDPA for
+          calls with a KV cache (prefill and sampling), which the FlexAttention path does not serve;
+        - ``"sdpa"`` and ``"eager"``: SDPA everywhere. There is no separate eager kernel: BAGEL's split
+          masks need SDPA's boolean masks, and SDPA's math path computes exactly eager attention.
+
+        The SigLIP tower uses transformers' own attention functions and honours the setting directly.
+        The returned names (``"auto"``, ``"sdpa"``, ``"flex"``) are those of
+        `robust_u1.attention.resolve_attention_backend`; assigning one sets the config accordingly.
+
+        Example:
+            >>> model = RobustU1ForConditionalGeneration.from_pretrained(path, attn_implementation="flex_attention")  # doctest: +SKIP
+            >>> model.attention_backend  # doctest: +SKIP
+            'flex'
+        """
+        implementation = self.config.text_config._attn_implementation
+        if implementation not in _ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attn_implementation={implementation!r} is not supported by the packed attention; "
+                f"use one of {sorted(name for name in _ATTENTION_BACKENDS if name)}."
+            )
+        return _ATTENTION_BACKENDS[implementation]
+
+    @attention_backend.setter
+    def attention_backend(self, backend: str) -> None:
+        implementations = {backend: implementation for implementation, backend in _ATTENTION_BACKENDS.items() if implementation != "eager"}
+        if backend not in implementations:
+            raise ValueError(f"attention_backend must be one of {sorted(implementations)}, got {backend!r}.")
+        self.config.text_config._attn_implementation = implementations[backend]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -435,7 +477,10 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         device_map = kwargs.pop("device_map", None)
         if device_map is not None and not isinstance(device_map, (str, torch.device)):
             raise ValueError("Official-layout checkpoints load onto one device: pass device_map='cuda' or similar.")
+        attn_implementation = kwargs.pop("attn_implementation", None)
         model = load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
+        if attn_implementation is not None:
+            model.config._attn_implementation = attn_implementation  # also sets the text and vision sub-configs
         model.processor = official_processor(official)
         return model
 

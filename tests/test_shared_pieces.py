@@ -105,3 +105,45 @@ def test_cached_map_forwards_the_map_arguments(tmp_path):
 
     out = cached_map(rows, increment, prefix="inc", key="k" * 16, cache_dir=tmp_path, batched=True, batch_size=3)
     assert out["x"] == [2, 3, 4, 5] and sizes == [3, 1]
+
+
+@pytest.mark.parametrize(
+    ("implementation", "backend"), [(None, "auto"), ("sdpa", "sdpa"), ("eager", "sdpa"), ("flex_attention", "flex")]
+)
+def test_attn_implementation_from_pretrained_picks_the_packed_attention(parity_dir, golden, implementation, backend):
+    import torch
+    from test_parity import assert_close, training_batch
+
+    from robust_u1 import RobustU1ForConditionalGeneration
+
+    kwargs = {"attn_implementation": implementation} if implementation else {}
+    model = RobustU1ForConditionalGeneration.from_pretrained(parity_dir, dtype=torch.float32, **kwargs).eval()
+    assert model.attention_backend == backend
+    assert model.config.vision_config._attn_implementation == (implementation or "sdpa")  # SigLIP honours it natively
+    with torch.no_grad():
+        out = model(**training_batch(golden))
+    assert_close(out.last_hidden_state, golden["train_forward/last_hidden_state"], "train_forward/last_hidden_state")
+    assert_close(out.velocity_pred, golden["train_forward/velocity_pred"], "train_forward/velocity_pred")
+
+
+def test_attention_backend_assignment_sets_the_config(parity_model):
+    model = parity_model
+    try:
+        model.attention_backend = "flex"
+        assert model.config.text_config._attn_implementation == "flex_attention"
+        with pytest.raises(ValueError, match=r"attention_backend must be one of \['auto', 'flex', 'sdpa'\], got 'fast'"):
+            model.attention_backend = "fast"
+    finally:
+        model.attention_backend = "auto"
+    assert model.config.text_config._attn_implementation is None
+
+
+def test_flex_attention_serves_cache_free_batches_and_sdpa_the_cached_calls():
+    import torch
+
+    from robust_u1.attention import resolve_attention_backend
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [resolve_attention_backend("flex", cpu, has_cache) for has_cache in (False, True)] == ["flex", "sdpa"]
+    assert [resolve_attention_backend("auto", device, False) for device in (cpu, cuda)] == ["sdpa", "flex"]
+    assert resolve_attention_backend("auto", cuda, True) == "sdpa"
