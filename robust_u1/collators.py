@@ -1,8 +1,8 @@
 """Packing training samples into one sequence with BAGEL's layout and attention splits.
 
 A training sample is a list of items — text (with or without loss), a ViT image, a VAE image
-(clean condition or noisy target) — packed back to back with the official rules (DESIGN.md §1,
-parity README "train_forward"): image blocks are ``<|vision_start|> tokens <|vision_end|>`` sharing
+(clean condition or noisy target) — packed back to back with the official rules (BAGEL's ``data/dataset_base.py`` packing,
+ByteDance-Seed/Bagel; checked by the "train_forward" golden case of ``tests/fixtures/bagel-tiny``): image blocks are ``<|vision_start|> tokens <|vision_end|>`` sharing
 one RoPE position, text pieces are ``<|im_start|> ids <|im_end|>``; RoPE restarts at 0 per sample; a
 text split advances the position by its length, a ViT or clean VAE image by 1, a noisy VAE image not
 at all. The output dict is what `RobustU1ForConditionalGeneration.forward` takes, except the VAE

@@ -30,7 +30,9 @@ from .configuration_robust_u1 import FLUX_VAE_CONFIG, RobustU1Config
 
 OFFICIAL_WEIGHT_FILES = ("ema.safetensors", "model.safetensors", "model_bf16.safetensors")
 OFFICIAL_CONFIG_FILES = ("llm_config.json", "vit_config.json")
-# Settings the official loaders pass in code rather than in the config files (DESIGN.md §1).
+# Settings the official loaders pass in code rather than in the config files (BAGEL's ``app.py`` and
+# ``inference.ipynb``: ``BagelConfig(latent_patch_size=2, max_latent_size=64, vit_max_num_patch_per_side=70,
+# connector_act="gelu_pytorch_tanh")``, ``llm_config.qk_norm = True``, ``vit_config.num_hidden_layers -= 1``).
 OFFICIAL_CODE_DEFAULTS: dict[str, Any] = {
     "latent_patch_size": 2,
     "max_latent_size": 64,

@@ -2,7 +2,7 @@
 
 The paper's third stage fine-tunes the understanding path on the corrupted image I_c, the image
 I_r that the model itself recovered, and the question, with next-token cross-entropy on the answer
-only (DESIGN.md §3). This module holds the three pieces that make that a plain ``Trainer`` run:
+only (the paper's stage III; MathCanvas' stage-2 template for the loss weights). This module holds the three pieces that make that a plain ``Trainer`` run:
 
 - `build_reasoning_dataset` precomputes I_r once with `model.recover` (cached and resumable), so
   training never runs the 50-step sampler;
