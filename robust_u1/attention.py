@@ -40,12 +40,9 @@ class PackedAttentionLayout:
         cache_lens: cached tokens of each sequence (all zero without a cache).
 
     Example:
-
-    ```python
-    >>> layout = PackedAttentionLayout.single_split([6, 3], ["full", "causal"], cache_lens=[20, 8])
-    >>> layout.query_lens
-    [6, 3]
-    ```
+        >>> layout = PackedAttentionLayout.single_split([6, 3], ["full", "causal"], cache_lens=[20, 8])
+        >>> layout.query_lens
+        [6, 3]
     """
 
     split_lens: list[int]

@@ -50,13 +50,10 @@ class PackedBatchBuilder:
     """Packs samples (lists of `TextItem` / `VitItem` / `VaeItem`) into one training sequence.
 
     Example:
-
-    ```python
-    >>> builder = PackedBatchBuilder.from_config(model.config)
-    >>> batch = builder([[VaeItem(vae_c), VitItem(vit_c), TextItem(prompt_ids), VaeItem(vae_o, noisy=True)]])
-    >>> sorted(batch)[:3]
-    ['attn_modes', 'ce_loss_indexes', 'mse_loss_indexes']
-    ```
+        >>> builder = PackedBatchBuilder.from_config(model.config)
+        >>> batch = builder([[VaeItem(vae_c), VitItem(vit_c), TextItem(prompt_ids), VaeItem(vae_o, noisy=True)]])
+        >>> sorted(batch)[:3]
+        ['attn_modes', 'ce_loss_indexes', 'mse_loss_indexes']
     """
 
     bos_token_id: int
@@ -187,11 +184,8 @@ class RecoveryCollator:
     packed [VAE(I_c) clean, ViT(I_c), text(P_rec, no loss), VAE(I_o) noisy] samples.
 
     Example:
-
-    ```python
-    >>> collator = RecoveryCollator(processor, model.config)
-    >>> batch = collator([{"image": corrupted, "target_image": clean}])
-    ```
+        >>> collator = RecoveryCollator(processor, model.config)
+        >>> batch = collator([{"image": corrupted, "target_image": clean}])
     """
 
     def __init__(self, processor, config, prompt: str | None = None, max_tokens_per_batch: int | None = None):

@@ -77,13 +77,10 @@ class RobustU1Config(PreTrainedConfig):
             `<|im_start|>`, `<|im_end|>`, `<|vision_start|>`, `<|vision_end|>` ids.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import RobustU1Config, RobustU1ForConditionalGeneration
-    >>> config = RobustU1Config()  # BAGEL-7B-MoT shapes
-    >>> config.text_config.hidden_size
-    3584
-    ```
+        >>> from robust_u1 import RobustU1Config, RobustU1ForConditionalGeneration
+        >>> config = RobustU1Config()  # BAGEL-7B-MoT shapes
+        >>> config.text_config.hidden_size
+        3584
     """
 
     model_type = "robust_u1"

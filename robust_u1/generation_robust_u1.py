@@ -205,12 +205,9 @@ class RobustU1GenerationMixin:
             One recovered image for one input image, else a list.
 
         Example:
-
-        ```python
-        >>> from PIL import Image
-        >>> restored = model.recover(Image.open("corrupted.png"), num_inference_steps=50)
-        >>> restored.save("restored.png")
-        ```
+            >>> from PIL import Image
+            >>> restored = model.recover(Image.open("corrupted.png"), num_inference_steps=50)
+            >>> restored.save("restored.png")
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -258,11 +255,8 @@ class RobustU1GenerationMixin:
             ``<|im_end|>`` and right-padded with it. Decode with ``processor.batch_decode``.
 
         Example:
-
-        ```python
-        >>> ids = model.generate([image, "What is in this picture?"], processor=processor, max_new_tokens=64)
-        >>> processor.batch_decode(ids)[0]
-        ```
+            >>> ids = model.generate([image, "What is in this picture?"], processor=processor, max_new_tokens=64)
+            >>> processor.batch_decode(ids)[0]
         """
         if kwargs:
             raise TypeError(f"Unsupported generate() arguments: {sorted(kwargs)}")
@@ -337,12 +331,9 @@ class RobustU1GenerationMixin:
         the full text to use (benchmarks with their own prompts, e.g. R-Bench).
 
         Example:
-
-        ```python
-        >>> result = model.answer(corrupted, "What animal is shown?", options=["dog", "cat"])
-        >>> result.option, result.answer
-        ('B', 'B')
-        ```
+            >>> result = model.answer(corrupted, "What animal is shown?", options=["dog", "cat"])
+            >>> result.option, result.answer
+            ('B', 'B')
         """
         processor = processor or self.processor
         if processor is None:
@@ -377,11 +368,8 @@ class RobustU1GenerationMixin:
         over [I_c, I_r, prompt], the other modes answer over [image, prompt].
 
         Example:
-
-        ```python
-        >>> from robust_u1.evaluation import evaluate_benchmark, load_mcq_benchmark
-        >>> results = evaluate_benchmark(load_mcq_benchmark("MMStar"), model.as_answerer(max_new_tokens=64))
-        ```
+            >>> from robust_u1.evaluation import evaluate_benchmark, load_mcq_benchmark
+            >>> results = evaluate_benchmark(load_mcq_benchmark("MMStar"), model.as_answerer(max_new_tokens=64))
         """
 
         def answer_fn(image, prompt: str, options, mode: str) -> dict[str, Any]:

@@ -381,12 +381,9 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
     """BAGEL: understands interleaved text and images, and generates (recovers) images.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import RobustU1ForConditionalGeneration
-    >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype="bfloat16")
-    >>> restored = model.recover(corrupted_image, processor=processor)
-    ```
+        >>> from robust_u1 import RobustU1ForConditionalGeneration
+        >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype="bfloat16")
+        >>> restored = model.recover(corrupted_image, processor=processor)
     """
 
     def __init__(self, config: RobustU1Config):
@@ -453,10 +450,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         is built on the meta device and its safetensors are streamed in, cast to ``dtype``.
 
         Example:
-
-        ```python
-        >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16)
-        ```
+            >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16)
         """
         from .convert_bagel_weights_to_hf import (
             load_official_checkpoint,
@@ -665,13 +659,10 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         """Appends one block per sequence (text, ViT image or clean VAE image) to a context cache.
 
         Example:
-
-        ```python
-        >>> cache = model.new_cache(1)
-        >>> model.prefill(cache, [VaeImageBlock(*model.latent_to_tokens(latent))])
-        >>> model.prefill(cache, [VitImageBlock(vit_pixels)])
-        >>> model.prefill(cache, [TextBlock(prompt_ids)])
-        ```
+            >>> cache = model.new_cache(1)
+            >>> model.prefill(cache, [VaeImageBlock(*model.latent_to_tokens(latent))])
+            >>> model.prefill(cache, [VitImageBlock(vit_pixels)])
+            >>> model.prefill(cache, [TextBlock(prompt_ids)])
 
         Gradients flow when called outside ``torch.no_grad`` (training through a context).
         """

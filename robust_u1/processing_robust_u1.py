@@ -37,11 +37,8 @@ def to_rgb_image(image: ImageInput) -> Image.Image:
     """Any supported image input → an RGB PIL image (see the module docstring for the rule).
 
     Example:
-
-    ```python
-    >>> to_rgb_image(np.zeros((4, 5), dtype=np.uint8)).size
-    (5, 4)
-    ```
+        >>> to_rgb_image(np.zeros((4, 5), dtype=np.uint8)).size
+        (5, 4)
     """
     if isinstance(image, (str, os.PathLike)):
         return to_rgb_image(open_image(image))
@@ -110,13 +107,10 @@ class RobustU1ImageProcessor(BaseImageProcessor):
     mean = std = 0.5 to [-1, 1], bicubic antialiased resizes.
 
     Example:
-
-    ```python
-    >>> processor = RobustU1ImageProcessor()
-    >>> vae, vit = processor.edit_pixel_values([Image.new("RGB", (640, 480))])
-    >>> vae[0].shape, vit[0].shape
-    (torch.Size([3, 512, 688]), torch.Size([3, 504, 686]))
-    ```
+        >>> processor = RobustU1ImageProcessor()
+        >>> vae, vit = processor.edit_pixel_values([Image.new("RGB", (640, 480))])
+        >>> vae[0].shape, vit[0].shape
+        (torch.Size([3, 512, 688]), torch.Size([3, 504, 686]))
     """
 
     model_input_names = ["pixel_values"]
@@ -178,11 +172,8 @@ class RobustU1Processor(ProcessorMixin):
     """Tokenizer + image transforms of Robust-U1, and the builder of interleaved inputs.
 
     Example:
-
-    ```python
-    >>> processor = RobustU1Processor.from_pretrained("Jiaqi-hkust/Robust-U1")
-    >>> ids = processor.encode_text("Please restore this corrupted image to its clean version.")
-    ```
+        >>> processor = RobustU1Processor.from_pretrained("Jiaqi-hkust/Robust-U1")
+        >>> ids = processor.encode_text("Please restore this corrupted image to its clean version.")
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):

@@ -17,14 +17,11 @@ reasoning, so `model.answer` and the benchmark scorers (both read replies with
 any change. MCQ answers are the option letter, as the scorers expect.
 
 Example:
-
-```python
->>> model, processor = tiny_random_model()
->>> train = build_reasoning_dataset(load_robust_r1_jsonl("train.jsonl"), model, cache_dir="cache")
->>> trainer = Trainer(model, reasoning_training_arguments("out", max_steps=100), train_dataset=train,
-...                   data_collator=ReasoningCollator(processor, model.config))
->>> trainer.train()
-```
+    >>> model, processor = tiny_random_model()
+    >>> train = build_reasoning_dataset(load_robust_r1_jsonl("train.jsonl"), model, cache_dir="cache")
+    >>> trainer = Trainer(model, reasoning_training_arguments("out", max_steps=100), train_dataset=train,
+    ...                   data_collator=ReasoningCollator(processor, model.config))
+    >>> trainer.train()
 """
 
 from __future__ import annotations
@@ -455,12 +452,9 @@ class ReasoningCollator:
     run can also train answering from I_c alone; otherwise such a row is an error.
 
     Example:
-
-    ```python
-    >>> collator = ReasoningCollator(processor, model.config)
-    >>> batch = collator([rows[0], rows[1]])
-    >>> model(**batch).loss
-    ```
+        >>> collator = ReasoningCollator(processor, model.config)
+        >>> batch = collator([rows[0], rows[1]])
+        >>> model(**batch).loss
     """
 
     def __init__(
@@ -549,11 +543,8 @@ def reasoning_training_arguments(output_dir: str | os.PathLike, **kwargs) -> Tra
       hidden states included) across batches; the loss is what stage III evaluation needs.
 
     Example:
-
-    ```python
-    >>> args = reasoning_training_arguments("out", max_steps=1000, learning_rate=1e-5, per_device_train_batch_size=4)
-    >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator)
-    ```
+        >>> args = reasoning_training_arguments("out", max_steps=1000, learning_rate=1e-5, per_device_train_batch_size=4)
+        >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator)
     """
     required = {"remove_unused_columns": False, "label_names": ["packed_label_ids"], "prediction_loss_only": True}
     conflicts = sorted(name for name, value in required.items() if name in kwargs and kwargs[name] != value)
@@ -566,10 +557,7 @@ def understanding_lora_config(r: int = 64, lora_alpha: int | None = None, lora_d
     """A `peft.LoraConfig` on the understanding expert's attention and MLP projections (α = 2r by default).
 
     Example:
-
-    ```python
-    >>> model = peft.get_peft_model(model, understanding_lora_config(r=16))
-    ```
+        >>> model = peft.get_peft_model(model, understanding_lora_config(r=16))
     """
     from peft import LoraConfig
 
@@ -606,12 +594,9 @@ def create_reasoning_model_card(trainer, model_name: str | None = None, dataset_
     """Writes the stage III model card (``model_cards/training.md.jinja``) into the trainer's output folder.
 
     Example:
-
-    ```python
-    >>> trainer = Trainer(model, reasoning_training_arguments("robust-u1-final"), data_collator=collator, ...)
-    >>> trainer.train()
-    >>> create_reasoning_model_card(trainer, dataset_name="jqtangust/Robust-R1")
-    ```
+        >>> trainer = Trainer(model, reasoning_training_arguments("robust-u1-final"), data_collator=collator, ...)
+        >>> trainer.train()
+        >>> create_reasoning_model_card(trainer, dataset_name="jqtangust/Robust-R1")
     """
     from .trainers.utils import write_training_card
 

@@ -21,11 +21,8 @@ def flow_timesteps(num_timesteps: int, shift: float, device=None) -> torch.Tenso
     """``t_k = s·u_k / (1 + (s − 1)·u_k)`` with ``u = linspace(1, 0, num_timesteps)`` (both ends included).
 
     Example:
-
-    ```python
-    >>> flow_timesteps(6, 3.0)
-    tensor([1.0000, 0.9231, 0.8182, 0.6667, 0.4286, 0.0000])
-    ```
+        >>> flow_timesteps(6, 3.0)
+        tensor([1.0000, 0.9231, 0.8182, 0.6667, 0.4286, 0.0000])
     """
     if num_timesteps < 2:
         raise ValueError(f"num_inference_steps must be at least 2 (schedule points incl. t=1 and t=0), got {num_timesteps}.")

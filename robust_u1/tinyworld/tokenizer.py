@@ -7,14 +7,11 @@ need the letters and the tags, which survive. ``<think>``, ``</think>``, ``<ANSW
 ``</ANSWER>`` are ordinary added tokens, so ``decode(..., skip_special_tokens=True)`` keeps them.
 
 Example:
-
-```python
->>> tokenizer = tinyworld_tokenizer()
->>> tokenizer.convert_ids_to_tokens(tokenizer.encode("Which shape is red?", add_special_tokens=False))
-['Which', 'shape', 'is', 'red', '?']
->>> unknown_words(RECOVERY_PROMPT)
-[]
-```
+    >>> tokenizer = tinyworld_tokenizer()
+    >>> tokenizer.convert_ids_to_tokens(tokenizer.encode("Which shape is red?", add_special_tokens=False))
+    ['Which', 'shape', 'is', 'red', '?']
+    >>> unknown_words(RECOVERY_PROMPT)
+    []
 """
 
 from __future__ import annotations
@@ -38,11 +35,8 @@ def world_texts() -> list[str]:
     the MCQ / open-question layouts (with and without recovery) and BAGEL's think system prompt.
 
     Example:
-
-    ```python
-    >>> RECOVERY_PROMPT in world_texts()
-    True
-    ```
+        >>> RECOVERY_PROMPT in world_texts()
+        True
     """
     texts = [RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, *OPTION_LETTERS, *COUNT_WORDS, *POSITIONS]
     for recover in (False, True):
@@ -67,11 +61,8 @@ def tinyworld_tokenizer() -> PreTrainedTokenizerFast:
     """The word-level tokenizer (deterministic: words sorted, special and tag tokens appended last).
 
     Example:
-
-    ```python
-    >>> tinyworld_tokenizer().tokenize("Which shape is red?")
-    ['Which', 'shape', 'is', 'red', '?']
-    ```
+        >>> tinyworld_tokenizer().tokenize("Which shape is red?")
+        ['Which', 'shape', 'is', 'red', '?']
     """
     words = sorted({word for text in world_texts() for word in _words(text)} - set(TAG_TOKENS) - {"<", ">", "</"})
     vocab = {UNKNOWN_TOKEN: 0, **{word: index + 1 for index, word in enumerate(words)}}
@@ -89,11 +80,8 @@ def unknown_words(text: str, tokenizer: PreTrainedTokenizerFast | None = None) -
     """Words of ``text`` that the tokenizer maps to ``[UNK]`` (an empty list means full coverage).
 
     Example:
-
-    ```python
-    >>> unknown_words("Which dog is red?")
-    ['dog']
-    ```
+        >>> unknown_words("Which dog is red?")
+        ['dog']
     """
     tokenizer = tokenizer or tinyworld_tokenizer()
     encoding = tokenizer._tokenizer.encode(text, add_special_tokens=False)

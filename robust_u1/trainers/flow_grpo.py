@@ -152,16 +152,13 @@ class FlowGRPOTrainer(Trainer):
             the reference being the same model with the adapter disabled.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import FlowGRPOConfig, FlowGRPOTrainer, generation_lora_config
-    >>> from robust_u1.rewards import official_rewards
-    >>> rewards, weights = official_rewards()
-    >>> args = FlowGRPOConfig("robust-u1-rl", num_generations=16, per_device_train_batch_size=16, reward_weights=weights)
-    >>> trainer = FlowGRPOTrainer("Jiaqi-hkust/Robust-U1-SFT", rewards, args, train_dataset=pairs,
-    ...                           peft_config=generation_lora_config())
-    >>> trainer.train()
-    ```
+        >>> from robust_u1 import FlowGRPOConfig, FlowGRPOTrainer, generation_lora_config
+        >>> from robust_u1.rewards import official_rewards
+        >>> rewards, weights = official_rewards()
+        >>> args = FlowGRPOConfig("robust-u1-rl", num_generations=16, per_device_train_batch_size=16, reward_weights=weights)
+        >>> trainer = FlowGRPOTrainer("Jiaqi-hkust/Robust-U1-SFT", rewards, args, train_dataset=pairs,
+        ...                           peft_config=generation_lora_config())
+        >>> trainer.train()
     """
 
     _tag_names = ["robust-u1", "flow-grpo", "image-restoration"]

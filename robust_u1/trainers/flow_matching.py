@@ -81,13 +81,10 @@ class FlowMatchingTrainer(Trainer):
     `transformers.Trainer` machinery.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import FlowMatchingConfig, FlowMatchingTrainer
-    >>> args = FlowMatchingConfig("robust-u1-sft", per_device_train_batch_size=4, max_steps=1000)
-    >>> trainer = FlowMatchingTrainer("ByteDance-Seed/BAGEL-7B-MoT", args, train_dataset=pairs)
-    >>> trainer.train()
-    ```
+        >>> from robust_u1 import FlowMatchingConfig, FlowMatchingTrainer
+        >>> args = FlowMatchingConfig("robust-u1-sft", per_device_train_batch_size=4, max_steps=1000)
+        >>> trainer = FlowMatchingTrainer("ByteDance-Seed/BAGEL-7B-MoT", args, train_dataset=pairs)
+        >>> trainer.train()
     """
 
     _tag_names = ["robust-u1", "flow-matching", "image-restoration"]

@@ -95,10 +95,7 @@ def generation_lora_config(r: int = 64, lora_alpha: int = 128, lora_dropout: flo
     """A `peft.LoraConfig` on the generation expert's projections (flow_grpo's BAGEL template: r 64, α 128).
 
     Example:
-
-    ```python
-    >>> trainer = FlowMatchingTrainer(model, args, train_dataset=ds, peft_config=generation_lora_config(r=16))
-    ```
+        >>> trainer = FlowMatchingTrainer(model, args, train_dataset=ds, peft_config=generation_lora_config(r=16))
     """
     from peft import LoraConfig
 
