@@ -8,12 +8,11 @@ with that signature is a valid reward; :func:`compute_rewards` evaluates and wei
 Images may be PIL images, numpy arrays ``HWC``/``HW`` (uint8 in [0, 255] or float in [0, 1]), tensors
 ``CHW``/``HW`` (uint8, or float in [0, 1]), a whole ``BCHW`` tensor, or file paths (references).
 
-Example::
-
-    reward_funcs, reward_weights = official_rewards(device="cuda")
-    per_func, weighted = compute_rewards(
-        reward_funcs, reward_weights, images=recovered, prompts=prompts, target_image=clean
-    )
+Example:
+    >>> reward_funcs, reward_weights = official_rewards(device="cuda")
+    >>> per_func, weighted = compute_rewards(
+    ...     reward_funcs, reward_weights, images=recovered, prompts=prompts, target_image=clean
+    ... )
 """
 
 from __future__ import annotations
@@ -130,8 +129,7 @@ class SSIMReward:
     side raise ``ValueError`` (pytorch-msssim would silently skip smoothing). A ``None`` image or reference
     gives a ``None`` reward.
 
-    Example::
-
+    Example:
         >>> reward = SSIMReward(device="cpu")
         >>> clean = torch.rand(3, 64, 64)
         >>> reward(images=[clean], prompts=["p"], target_image=[clean])
@@ -194,8 +192,7 @@ class CLIPSimilarityReward:
     (default: CUDA when available). Images are converted to PIL and
     preprocessed as the official code does, then encoded in batches of ``batch_size`` under ``no_grad``.
 
-    Example::
-
+    Example:
         >>> reward = CLIPSimilarityReward(model_name="ViT-S-32", pretrained=None, device="cpu")
         >>> image = torch.rand(3, 64, 64)
         >>> round(reward(images=[image], target_image=[image])[0], 4)
@@ -232,9 +229,8 @@ class CLIPSimilarityReward:
     def from_transformers(cls, path: str | os.PathLike, **kwargs: Any) -> CLIPSimilarityReward:
         """Load a transformers ``CLIPModel`` folder or Hub id (e.g. ``wkcn/TinyCLIP-ViT-8M-16-Text-3M-YFCC15M``).
 
-        Example::
-
-            reward = CLIPSimilarityReward.from_transformers("/models/TinyCLIP-ViT-8M-16", device="cuda")
+        Example:
+            >>> reward = CLIPSimilarityReward.from_transformers("/models/TinyCLIP-ViT-8M-16", device="cuda")
         """
         from transformers import CLIPImageProcessor, CLIPModel
 
@@ -288,9 +284,8 @@ class CLIPSimilarityReward:
 def official_rewards(device: str | torch.device | None = None) -> tuple[list[RewardFunction], list[float]]:
     """The official Robust-U1 rewards and weights: SSIM (1.0) and CLIP ViT-B-32 ``openai`` (0.2).
 
-    Example::
-
-        reward_funcs, reward_weights = official_rewards(device="cuda")
+    Example:
+        >>> reward_funcs, reward_weights = official_rewards(device="cuda")
     """
     reward_funcs: list[RewardFunction] = [SSIMReward(device=device), CLIPSimilarityReward(device=device)]
     return reward_funcs, [OFFICIAL_REWARD_WEIGHTS[reward_name(func)] for func in reward_funcs]
@@ -316,8 +311,7 @@ def compute_rewards(
     a wrong number of values, raises :class:`RewardFunctionError` naming it: the step stops rather than
     training on silent zeros.
 
-    Example::
-
+    Example:
         >>> per_func, weighted = compute_rewards(
         ...     [lambda images, **kw: [1.0, None]], [0.5], images=[object(), object()], prompts=["a", "b"]
         ... )

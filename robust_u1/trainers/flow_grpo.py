@@ -38,39 +38,89 @@ from .utils import (
 @dataclass
 class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
     r"""
-    Configuration of [`FlowGRPOTrainer`] (stage II). TRL's names where the concept is the same.
+    Configuration class for the [`FlowGRPOTrainer`] (stage II of Robust-U1: Flow-GRPO on the recovery sampler).
+
+    Only the parameters specific to Flow-GRPO are listed; every other argument is a
+    [`~transformers.TrainingArguments`] one. Names are those of TRL's [`~trl.GRPOConfig`] where the concept is
+    the same; defaults follow flow_grpo's BAGEL template (yifan123/flow_grpo, ``config/base.py`` and
+    ``config/grpo.py``) or the official Robust-U1 code, as each entry says.
 
     Parameters:
-        num_generations (`int`, defaults to `16`): rollouts G per corrupted image (flow_grpo's BAGEL
-            template). ``per_device_train_batch_size`` counts rollouts and must be a multiple of G.
-        beta (`float`, defaults to `0.0`): KL weight against the model with its adapter disabled
-            (flow_grpo's BAGEL template uses 0; > 0 needs a ``peft_config``).
-        epsilon (`float`, defaults to `1e-4`): lower clip range of the policy ratio (flow_grpo: 1e-4).
-        epsilon_high (`float` or `None`, defaults to `None`): upper clip range; None = ``epsilon``.
-        num_iterations (`int`, defaults to `1`): optimisation steps per generated batch (TRL's μ).
-        scale_rewards (`str`, defaults to `"group"`): ``"group"``, ``"batch"`` or ``"none"`` (TRL).
-        reward_weights (`list[float]` or `None`): weight per reward function; None = all 1
-            (the official pair `official_rewards()` uses SSIM 1.0, CLIP 0.2).
-        adv_clip_max (`float`, defaults to `5.0`): advantages are clipped to ±adv_clip_max (flow_grpo).
-        log_completions (`bool`, defaults to `False`): log corrupted / recovered / clean images as a
-            table (wandb) every logging step.
-        num_inference_steps (`int`, defaults to `16`): flow schedule points of a rollout (16 → 15
-            denoising steps, flow_grpo's BAGEL template; same meaning as in `recover`).
-        timestep_shift (`float`, defaults to `3.0`): schedule shift (flow_grpo BAGEL / Robust-U1 demo).
-        noise_level (`float`, defaults to `0.7`): SDE noise level a (official Robust-U1 code).
-        sde_type (`str`, defaults to `"sde"`): ``"sde"`` (Flow-GRPO) or ``"cps"``.
-        sde_window_size (`int`, defaults to `1`): SDE (trained) steps per rollout; official Robust-U1: 1.
-        sde_window_range (`tuple[int, int]`, defaults to `(0, 5)`): where the window may start and end
-            (official Robust-U1: a window of 1 in (0, 5)).
-        cfg_text_scale, cfg_img_scale, cfg_interval, cfg_renorm_type, cfg_renorm_min: guidance used
-            by rollouts and by the recomputation in the loss (Robust-U1 demo defaults).
-        sample_posterior (`bool`, defaults to `True`): encode the corrupted image with a posterior
-            sample (BAGEL) rather than its mode.
-        vae_max_size, vae_min_size, vit_max_size, vit_min_size (`int` or `None`): image size bounds;
-            None keeps the processor's.
+        > Parameters that control the rollouts (generation)
 
-    All G rollouts of an image run on one device (their context is prefilled once there), so
-    G bounds the per-device memory; flow_grpo and TRL instead spread a group over processes.
+        num_generations (`int`, *optional*, defaults to `16`):
+            Rollouts G per corrupted image: flow_grpo's BAGEL template. ``per_device_train_batch_size`` counts
+            rollouts and must be a multiple of G. All G rollouts of an image run on one device (their context is
+            prefilled once there), so G bounds the per-device memory; flow_grpo and TRL instead spread a group
+            over processes.
+        num_inference_steps (`int`, *optional*, defaults to `16`):
+            Flow schedule points of a rollout (16 points = 15 denoising steps, flow_grpo's BAGEL template; same
+            meaning as in `recover`, whose default is 50).
+        timestep_shift (`float`, *optional*, defaults to `3.0`):
+            Shift of the sampling schedule: flow_grpo's ``train.timestep_shift = 3.0  # for bagel`` and the
+            Robust-U1 demo's value.
+        noise_level (`float`, *optional*, defaults to `0.7`):
+            SDE noise level a of the window steps: the official Robust-U1 code and flow_grpo's
+            ``sample.noise_level``.
+        sde_type (`str`, *optional*, defaults to `"sde"`):
+            ``"sde"`` (Flow-GRPO's SDE step) or ``"cps"`` (flow_grpo's coefficient-preserving variant).
+        sde_window_size (`int`, *optional*, defaults to `1`):
+            SDE (trained) steps per rollout; the others are ODE steps. Official Robust-U1 code: 1 (flow_grpo's
+            generic default is 2).
+        sde_window_range (`tuple[int, int]`, *optional*, defaults to `(0, 5)`):
+            Where the window may start and end, as step indices: the official Robust-U1 code's (0, 5).
+        cfg_text_scale (`float`, *optional*, defaults to `4.0`), cfg_img_scale (`float`, *optional*, defaults to `2.0`),
+        cfg_interval (`tuple[float, float]`, *optional*, defaults to `(0.0, 1.0)`), cfg_renorm_type (`str`,
+        *optional*, defaults to `"text_channel"`), cfg_renorm_min (`float`, *optional*, defaults to `0.0`):
+            Guidance of the rollouts and of the recomputation in the loss: the Robust-U1 demo's editing defaults
+            (`recover` uses the same).
+        sample_posterior (`bool`, *optional*, defaults to `True`):
+            Encode the corrupted image with a sample of the VAE posterior rather than its mode, as BAGEL does.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            Log corrupted / recovered / clean images as a table (wandb) every logging step (TRL's name).
+
+        > Parameters that control the rewards and advantages
+
+        reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+            Weight of each reward function; None weighs all by 1. The official pair
+            (`robust_u1.rewards.official_rewards`) uses SSIM 1.0 and CLIP 0.2.
+        scale_rewards (`str`, *optional*, defaults to `"group"`):
+            How advantages ``r - mean_group`` are scaled: ``"group"`` divides by the std of the image's G
+            rewards, ``"batch"`` by the std of all rewards of the step (gathered over processes), ``"none"`` does
+            not divide (TRL's options). flow_grpo's recipe divides by the global std (``sample.global_std =
+            True``, ``PerPromptStatTracker`` in ``flow_grpo/stat_tracking.py``): pass ``"batch"`` to reproduce it.
+            The default is TRL's ``"group"`` because a recovery step mixes corruptions whose reward spreads
+            differ widely (the rollouts of a mild blur score almost alike, those of heavy noise do not): the
+            global std would shrink the advantages of the images with the least spread towards zero, while the
+            group std gives every image the same advantage scale. Both use the population std plus 1e-4, as
+            flow_grpo (`robust_u1.flow_grpo_math.grpo_advantages`).
+        adv_clip_max (`float`, *optional*, defaults to `5.0`):
+            Advantages are clipped to ±adv_clip_max: flow_grpo's ``train.adv_clip_max``.
+
+        > Parameters that control the training (loss)
+
+        beta (`float`, *optional*, defaults to `0.0`):
+            KL weight against the same model with its LoRA adapter disabled (no second model in memory); 0 in
+            flow_grpo's BAGEL template (``train.beta``). Greater than 0 needs a ``peft_config``.
+        epsilon (`float`, *optional*, defaults to `1e-4`):
+            Lower clip range of the policy ratio: flow_grpo's ``train.clip_range``.
+        epsilon_high (`float` or `None`, *optional*, defaults to `None`):
+            Upper clip range; None uses ``epsilon`` (TRL's name).
+        num_iterations (`int`, *optional*, defaults to `1`):
+            Optimisation steps per generated batch (TRL's μ; flow_grpo's ``train.num_inner_epochs``).
+        learning_rate (`float`, *optional*, defaults to `1e-4`):
+            Overrides [`~transformers.TrainingArguments`]' 5e-5: flow_grpo's BAGEL template.
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Overrides [`~transformers.TrainingArguments`]: reward functions receive every dataset column (e.g.
+            ``target_image``), as in TRL's GRPOConfig.
+        logging_steps (`float`, *optional*, defaults to `1`):
+            Overrides [`~transformers.TrainingArguments`]: a step generates G rollouts per image and is slow
+            enough to log every time.
+
+        > Parameters that control the image sizes
+
+        vae_max_size, vae_min_size, vit_max_size, vit_min_size (`int` or `None`, *optional*, defaults to `None`):
+            Image size bounds set on the processor; None keeps the processor's (VAE 1024/512, ViT 980/224).
     """
 
     num_generations: int = field(default=16, metadata={"help": "Rollouts per corrupted image (G)."})
