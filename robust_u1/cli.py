@@ -234,11 +234,11 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-# Inputs that must exist, per command: checked before a command imports torch (seconds).
+# Local inputs that must exist, per command: checked before a command imports torch (seconds).
+# (`convert` and `--model` also take Hub ids, `eval --source` too.)
 _INPUT_PATHS: dict[str, tuple[str, ...]] = {
     "recover": ("input",),
     "ask": ("image",),
-    "convert": ("input",),
     "push": ("folder", "results"),
     "corrupt": ("input",),
     "build-dataset": ("source",),

@@ -147,6 +147,21 @@ def test_the_model_does_not_import_the_layers_above_it(module):
     assert upward == set()
 
 
+def test_nothing_the_registration_reaches_imports_the_layers_above_the_model():
+    """The transitive closure of `import robust_u1` (also modules added after this test was written)."""
+    graph = import_graph()
+    for source, target in PENDING_EDGES:
+        graph[source].discard(target)
+    reached, frontier = set(), ["robust_u1._registration"]
+    while frontier:
+        module = frontier.pop()
+        if module not in reached:
+            reached.add(module)
+            frontier.extend(graph[module])
+    assert set(MODEL_MODULES) <= reached
+    assert {module for module in reached if module.startswith(ABOVE_THE_MODEL)} == set()
+
+
 def test_corruptions_do_not_import_datasets_or_the_model():
     graph = import_graph()
     for module in (name for name in graph if name.startswith("robust_u1.corruptions")):
