@@ -28,7 +28,6 @@ BUNDLED_MODEL = "tinyworld"
 def _load(model_name: str, dtype: str | None):
     import torch
 
-    from . import _registration  # noqa: F401  (deferred by `robust_u1._started_as_cli`)
     from .modeling_robust_u1 import RobustU1ForConditionalGeneration
 
     if model_name == BUNDLED_MODEL:
@@ -245,6 +244,11 @@ _INPUT_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Commands that never load the model skip registering it (`robust_u1._started_as_cli` defers that: it
+# imports torch and transformers).
+_MODEL_FREE_COMMANDS = ("corrupt", "build-dataset", "push")
+
+
 def _missing_input(args: argparse.Namespace) -> str | None:
     for name in _INPUT_PATHS.get(args.command, ()):
         path = getattr(args, name, None)
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robust-u1 {args.command}: error: {missing}", file=sys.stderr)
         return 2
     try:
+        if args.command not in _MODEL_FREE_COMMANDS:
+            from . import _registration  # noqa: F401  (Auto classes and the robust-vqa pipeline)
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"robust-u1 {args.command}: error: {error}", file=sys.stderr)
