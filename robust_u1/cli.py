@@ -111,6 +111,7 @@ def run_eval(args: argparse.Namespace) -> int:
         load_rbench,
         write_report,
     )
+    from .evaluation.cache import JsonlCache
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}.")
@@ -128,11 +129,13 @@ def run_eval(args: argparse.Namespace) -> int:
             levels = _mcq_levels(args.levels)
         if args.limit:
             benchmark.items = benchmark.items[: args.limit]
+        output = Path(args.output)
+        for cache in (output / "answers.jsonl", output / "answers.judge.jsonl"):
+            JsonlCache(cache)  # a foreign or damaged cache fails here, not after the model has loaded
         if hasattr(benchmark, "check_ready"):
             benchmark.check_ready()
         model = _load(args.model, args.dtype)
         answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs={**_recover_kwargs(args), "progress": False})
-        output = Path(args.output)
         results = evaluate_benchmark(
             benchmark, answerer, levels=levels, modes=args.modes, degrade=degrade, seed=args.seed,
             cache_path=output / "answers.jsonl", model_name=args.model,

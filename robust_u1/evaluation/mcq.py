@@ -349,6 +349,8 @@ def read_benchmark_table(source: str | os.PathLike[str]) -> datasets.Dataset:
             return datasets.load_dataset("parquet", data_files=source, split="train")
         else:
             return datasets.Dataset.from_parquet(source)
+        if len(frame.columns) == 0:
+            raise pd.errors.EmptyDataError
         return datasets.Dataset.from_pandas(frame, preserve_index=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"Benchmark file {source} is empty.") from None
