@@ -264,6 +264,20 @@ def test_judge_settings_are_validated(kwargs, message):
         OpenAICompatibleJudge("127.0.0.1:1/v1", "m", api_key_env=None)
 
 
+def test_a_transformers_judge_is_checked_without_loading_weights(tmp_path):
+    from transformers import LlamaConfig
+
+    from robust_u1.evaluation import TransformersJudge
+
+    missing = tmp_path / "no-such-judge"
+    with pytest.raises(FileNotFoundError, match=f"The judge model folder {missing} does not exist"):
+        TransformersJudge(str(missing)).check()
+    with pytest.raises(JudgeRequestError, match="The judge model nobody/no-such-judge cannot be loaded: "):
+        TransformersJudge("nobody/no-such-judge").check()
+    LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "judge")
+    TransformersJudge(str(tmp_path / "judge")).check()  # a config is enough: the weights load on first use
+
+
 def test_an_unreachable_judge_stops_the_run_before_any_answer(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -334,12 +334,20 @@ class TransformersJudge(ChatJudge):
         Example:
             >>> TransformersJudge("./no-such-judge").check()  # doctest: +SKIP
             Traceback (most recent call last):
-            OSError: ...
+            FileNotFoundError: The judge model folder ./no-such-judge does not exist.
         """
-        if self._model is None:
-            from transformers import AutoConfig
+        if self._model is not None:
+            return
+        from transformers import AutoConfig
 
-            AutoConfig.from_pretrained(self._model_or_path)
+        source = str(self._model_or_path)
+        looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep in source.replace("/", "")
+        if looks_local and not os.path.isdir(os.path.expanduser(source)):
+            raise FileNotFoundError(f"The judge model folder {source} does not exist.")
+        try:
+            AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise JudgeRequestError(f"The judge model {source} cannot be loaded: {_one_line(str(error), 300)}") from error
 
     def complete(self, prompt: str) -> str:
         import torch
