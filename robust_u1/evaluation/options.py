@@ -17,7 +17,7 @@ removed. Then, in order:
    ``I choose B``, ``Therefore, B``, ``B is correct``, ``答案是B``, ``选B`` — the last one wins, and a
    ``final answer`` statement wins over the others;
 3. the reply starts with a letter (``B. cat — option A would bark…``), or ends with one after a comma,
-   colon or line break (``…so, B``);
+   colon, sentence end or line break (``…so, B``, ``A? No. B!``);
 4. exactly one option letter is mentioned without being ruled out;
 5. exactly one option's text occurs as whole words (case-insensitive; ``3`` does not match inside
    ``3.5``, number words match digits, and where one matching text contains another, ``dark red``
@@ -25,7 +25,8 @@ removed. Then, in order:
 6. otherwise ``None`` — the item counts as wrong.
 
 A letter is *ruled out* when it is negated (``not B``, ``rather than B``, ``B is incorrect``,
-``option B would be wrong``, ``B是错误的``) and *hedged* when joined to another one (``A or B``).
+``option B would be wrong``, ``B and C are wrong``, ``B是错误的``) and *hedged* when joined to another
+one (``A or B``, ``A, B or C``).
 An uppercase ``A`` or ``I`` followed by an ordinary lowercase word is the English article or pronoun
 (``A car on the right``, ``I think``), and a lowercase ``a`` counts only where a letter is expected
 (``answer: a``, ``(a)``), not in ``the answer is a dog``.
@@ -53,7 +54,7 @@ _LETTER = r"(?<![A-Za-z0-9'’])([A-Za-z])(?![A-Za-z0-9'’])"
 # A letter where one is expected: optionally "option"/"choice"/"选项" and an opening bracket or quote.
 _SLOT = r"(?:(?:option|choice|letter|选项)\s*)?[\"'“(\[]?\s*" + _LETTER
 _COPULA = r"(?:is|are|was|seems|seem|looks|appears|would\s+be|must\s+be|should\s+be|will\s+be|can\s+be|could\s+be|might\s+be|has\s+to\s+be)"
-_ADVERB = r"(?:(?:definitely|clearly|obviously|also|probably|likely|certainly|indeed|actually|surely)\s+)?"
+_ADVERB = r"(?:(?:both|all|definitely|clearly|obviously|also|probably|likely|certainly|indeed|actually|surely)\s+)?"
 
 # Statements that commit to a letter; the letter is the last group of each.
 _COMMITMENTS = [
@@ -89,11 +90,17 @@ _NEGATION_AFTER = re.compile(
     re.IGNORECASE,
 )
 _HEDGE_AFTER = re.compile(
-    r"^\s*[)\]\"”']?\s*(?:,\s*)?(?:or|and|/|&|或者?|和|与)\s*(?:(?:option|choice|选项)\s*)?[\"'“(\[]?\s*(?<![A-Za-z0-9'’])([A-Za-z])(?![A-Za-z0-9'’])",
+    r"^\s*[)\]\"”']?\s*(?:,\s*(?:(?:or|and)\s+)?|(?:or|and|/|&|或者?|和|与)\s*)(?:(?:option|choice|选项)\s*)?[\"'“(\[]?\s*(?<![A-Za-z0-9'’])([A-Za-z])(?![A-Za-z0-9'’])",
+    re.IGNORECASE,
+)
+_PLURAL_NEGATION = re.compile(
+    rf"^\s*[)\]\"”']?\s*(?:\([^()]*\)\s*)?(?:(?:are|were)\s+(?:(?:both|all)\s+)?{_ADVERB}(?:not\b|incorrect|wrong|"
+    rf"false|unlikely|implausible|inaccurate|impossible|ruled\s+out|eliminated|excluded|distractors|irrelevant|invalid)"
+    rf"|aren't|aren’t|are\s+not|don't|don’t|do\s+not|can\s+be\s+(?:ruled\s+out|eliminated|excluded))",
     re.IGNORECASE,
 )
 _HEDGE_BEFORE = re.compile(
-    r"(?:(?<![A-Za-z0-9'’])([A-Za-z])[)\]\"”']?\s*(?:or\b|and\b|/|&|或者?|和|与)|\beither)\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*$",
+    r"(?:(?<![A-Za-z0-9'’])([A-Za-z])[)\]\"”']?\s*(?:,\s*(?:(?:or|and)\b)?|(?:or\b|and\b|/|&|或者?|和|与))|\beither)\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*$",
     re.IGNORECASE,
 )
 
@@ -104,12 +111,16 @@ _CONNECTIVES = frozenset(
     because since as given so therefore thus then here there which that from in on at by with without for of to
     not best better correctly clearly definitely only also too again instead rather over versus vs""".split()
 )
+# The pronoun "I" is followed by modal verbs and adverbs ("I would say", "I can see"), the letter is not.
+_AFTER_LETTER_I = _CONNECTIVES - frozenset(
+    "would will should could can might must may was were did also too then only clearly definitely".split()
+)
 _NEXT_WORD = re.compile(r"^[ \t]+([a-z][a-z'’]*)")
 _START_LETTER = re.compile(
-    r"^\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*" + _LETTER + r"\s*(?:[)\]\"”'.:,]|[-–—]|\n|$)", re.IGNORECASE
+    r"^\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*" + _LETTER + r"\s*(?:[)\]\"”'.:,(]|[-–—]|\n|$)", re.IGNORECASE
 )
 _END_LETTER = re.compile(
-    r"(?:^|[,:;\n]|[-–—]\s)\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*" + _LETTER + r"\s*[)\]\"”']?\s*[.!]*\s*$",
+    r"(?:^|[,:;\n]|[-–—.?!]\s)\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*" + _LETTER + r"\s*[)\]\"”']?\s*[.!]*\s*$",
     re.IGNORECASE,
 )
 _LONE_LETTER = re.compile(r"^\W*(?:(?:option|choice|answer)\W*)?([A-Za-z])\W*$", re.IGNORECASE)
@@ -284,26 +295,44 @@ def _is_letter(text: str, position: int, choices: dict[str, str], *, expected: b
         return True
     following = _NEXT_WORD.match(text[position + 1 :])
     # "A car", "I think", "is a dog": the article or pronoun, unless a verb or conjunction follows.
-    return following is None or following.group(1) in _CONNECTIVES
+    return following is None or following.group(1) in (_AFTER_LETTER_I if char in "Ii" else _CONNECTIVES)
 
 
 def _ruled_out(text: str, found: re.Match[str], choices: dict[str, str]) -> bool:
     """Whether the letter of ``found`` is negated ("not B", "B is wrong") or hedged ("A or B")."""
     before, after = text[: found.start(1)], text[found.end(1) :]
-    if _NEGATION_BEFORE.search(before[-40:]) or _NEGATION_AFTER.match(after):
+    if _NEGATION_BEFORE.search(before[-40:]) or _NEGATION_AFTER.match(after) or _in_negated_list(after):
         return True
     hedge = _HEDGE_AFTER.match(after)
     if hedge:
         other = found.end(1) + hedge.start(1)
-        # "A and B is wrong" states A; "A or B" / "A and B" leave the choice open.
-        if _is_letter(text, other, choices, expected=True) and not _NEGATION_AFTER.match(text[other + 1 :]):
+        # "A and B is wrong" states A; "A or B", "A and B", "A, B or C" leave the choice open.
+        different = text[other].upper() != found.group(1).upper()
+        if different and _is_letter(text, other, choices, expected=True) and not _NEGATION_AFTER.match(text[other + 1 :]):
             return True
     hedge = _HEDGE_BEFORE.search(before[-30:])
     if hedge:
         if hedge.group(1) is None:
             return True  # "either A"
         other = len(before) - len(before[-30:]) + hedge.start(1)
-        return _is_letter(text, other, choices, expected=True)
+        different = text[other].upper() != found.group(1).upper()
+        return (
+            different
+            and _is_letter(text, other, choices, expected=True)
+            and not _NEGATION_BEFORE.search(text[:other][-40:])
+        )
+    return False
+
+
+def _in_negated_list(after: str) -> bool:
+    """Whether the letter before ``after`` heads a list that is negated as a whole ("A, B and C are wrong")."""
+    for _ in range(len(string.ascii_uppercase)):
+        if _PLURAL_NEGATION.match(after):
+            return True
+        following = _HEDGE_AFTER.match(after)
+        if following is None:
+            return False
+        after = after[following.end(1) :]
     return False
 
 
