@@ -53,20 +53,38 @@ _CJK_PUNCTUATION = str.maketrans({"。": ".", "、": ",", "【": "[", "】": "]"
 _LETTER = r"(?<![A-Za-z0-9'’])([A-Za-z])(?![A-Za-z0-9'’])"
 # A letter where one is expected: optionally "option"/"choice"/"选项" and an opening bracket or quote.
 _SLOT = r"(?:(?:option|choice|letter|选项)\s*)?[\"'“(\[]?\s*" + _LETTER
-_COPULA = r"(?:is|are|was|seems|seem|looks|appears|would\s+be|must\s+be|should\s+be|will\s+be|can\s+be|could\s+be|might\s+be|has\s+to\s+be)"
+_COPULA = (
+    r"(?:is|are|was|seems|seem|looks|appears|has\s+to\s+be"
+    r"|(?:would|must|should|will|can|could|might)\s+be)"
+)
 _ADVERB = r"(?:(?:both|all|definitely|clearly|obviously|also|probably|likely|certainly|indeed|actually|surely)\s+)?"
+_AFTER_SLOT = r"\s*[)\]\"”']?\s*(?:\([^()]*\)\s*)?"  # a closing bracket, then maybe the option text in brackets
+_IT_IS = r"(?:it(?:'s|’s|\s+is)\s+)"
+_WRONG = (
+    r"(?:not\b|incorrect|wrong|false|unlikely|implausible|inaccurate|impossible|ruled\s+out|eliminated|excluded"
+    r"|a\s+distractor|irrelevant|invalid)"
+)
+_WRONG_PLURAL = (
+    r"(?:not\b|incorrect|wrong|false|unlikely|implausible|inaccurate|impossible|ruled\s+out|eliminated|excluded"
+    r"|distractors|irrelevant|invalid)"
+)
+_GOOD = r"(?:correct|right|best|better|true|accurate|most\s+(?:likely|accurate|appropriate)|answer)\b"
+_JOIN = r"(?:,\s*(?:(?:or|and)\s+)?|(?:or|and|/|&|或者?|和|与)\s*)"  # "A, B", "A or B", "A和B"
 
 # Statements that commit to a letter; the letter is the last group of each.
 _COMMITMENTS = [
-    rf"\b(?:final\s+|correct\s+|right\s+|best\s+)?answer\s*(?:to\s+(?:this|the)\s+question\s*)?(?:[:=\-]|{_COPULA}|here\s+is)?\s*:?\s*{_SLOT}",
-    rf"\b(?:correct|right|best|true|most\s+(?:likely|appropriate|accurate|suitable|plausible|reasonable)|appropriate|accurate|suitable|only\s+correct|only\s+possible)\s+(?:option|choice|one|response|selection)\s*(?:[:=]|{_COPULA}|here\s+is)?\s*:?\s*{_SLOT}",
+    rf"\b(?:final\s+|correct\s+|right\s+|best\s+)?answer\s*(?:to\s+(?:this|the)\s+question\s*)?"
+    rf"(?:[:=\-]|{_COPULA}|here\s+is)?\s*:?\s*{_SLOT}",
+    r"\b(?:correct|right|best|true|most\s+(?:likely|appropriate|accurate|suitable|plausible|reasonable)|appropriate"
+    r"|accurate|suitable|only\s+correct|only\s+possible)\s+(?:option|choice|one|response|selection)\s*"
+    rf"(?:[:=]|{_COPULA}|here\s+is)?\s*:?\s*{_SLOT}",
     rf"\b(?:i(?:'d|’d|\s+would|\s+will|'ll|’ll)?\s+)?(?:choose|chose|pick|select|go\s+with|opt\s+for)\s*:?\s*{_SLOT}",
     rf"\bi(?:'d|’d|\s+would)\s+say\s*:?\s*{_SLOT}",
     rf"\bmy\s+(?:answer|choice|pick|selection|guess)\s*(?:[:=]|{_COPULA})?\s*{_SLOT}",
-    rf"\bi\s+(?:think|believe|guess)\s+(?:it(?:'s|’s|\s+is)\s+|that\s+)?{_SLOT}",
-    rf"\b(?:so|therefore|thus|hence|consequently|in\s+conclusion|overall|conclusion)\s*[,:]?\s*(?:it(?:'s|’s|\s+is)\s+)?{_SLOT}",
-    rf"{_SLOT}\s*[)\]\"”']?\s*(?:\([^()]*\)\s*)?(?:{_COPULA})\s+{_ADVERB}(?:the\s+)?(?:correct|right|best|better|true|accurate|most\s+(?:likely|accurate|appropriate)|answer)\b",
-    rf"{_SLOT}\s*[)\]\"”']?\s*(?:\([^()]*\)\s*)?(?:fits|matches|describes)\s+(?:the\s+image\s+)?(?:best|better|correctly)\b",
+    rf"\bi\s+(?:think|believe|guess)\s+(?:{_IT_IS}|that\s+)?{_SLOT}",
+    rf"\b(?:so|therefore|thus|hence|consequently|in\s+conclusion|overall|conclusion)\s*[,:]?\s*{_IT_IS}?{_SLOT}",
+    rf"{_SLOT}{_AFTER_SLOT}(?:{_COPULA})\s+{_ADVERB}(?:the\s+)?{_GOOD}",
+    rf"{_SLOT}{_AFTER_SLOT}(?:fits|matches|describes)\s+(?:the\s+image\s+)?(?:best|better|correctly)\b",
     rf"答案\s*(?:应该|应|就)?\s*(?:是|为|選|选)?\s*[:]?\s*{_SLOT}",
     rf"(?:正确|最佳|最合适的?|合适的?)\s*(?:的)?\s*(?:答案|选项|选择)\s*(?:应该|应)?\s*(?:是|为)?\s*[:]?\s*{_SLOT}",
     rf"(?:应该|应|我|故|所以|因此)?\s*选(?:择)?\s*{_SLOT}",
@@ -82,25 +100,24 @@ _NEGATION_BEFORE = re.compile(
     re.IGNORECASE,
 )
 _NEGATION_AFTER = re.compile(
-    rf"^\s*[)\]\"”']?\s*(?:\([^()]*\)\s*)?(?:[:,]\s*)?"
-    rf"(?:{_COPULA}\s+{_ADVERB}(?:not\b|incorrect|wrong|false|unlikely|implausible|inaccurate|impossible|ruled\s+out|"
-    rf"eliminated|excluded|a\s+distractor|irrelevant|invalid)"
-    rf"|(?:isn't|isn’t|is\s+not|doesn't|doesn’t|does\s+not|don't|do\s+not|cannot|can't|can’t|fails?\b|wasn't|won't)"
-    rf"|(?:是)?(?:错误|错|不正确|不对|不符合|不是|被排除|可以排除))",
+    rf"^{_AFTER_SLOT}(?:[:,]\s*)?"
+    rf"(?:{_COPULA}\s+{_ADVERB}{_WRONG}"
+    r"|(?:isn't|isn’t|is\s+not|doesn't|doesn’t|does\s+not|don't|do\s+not|cannot|can't|can’t|fails?\b|wasn't|won't)"
+    r"|(?:是)?(?:错误|错|不正确|不对|不符合|不是|被排除|可以排除))",
     re.IGNORECASE,
 )
 _HEDGE_AFTER = re.compile(
-    r"^\s*[)\]\"”']?\s*(?:,\s*(?:(?:or|and)\s+)?|(?:or|and|/|&|或者?|和|与)\s*)(?:(?:option|choice|选项)\s*)?[\"'“(\[]?\s*(?<![A-Za-z0-9'’])([A-Za-z])(?![A-Za-z0-9'’])",
+    rf"^\s*[)\]\"”']?\s*{_JOIN}(?:(?:option|choice|选项)\s*)?[\"'“(\[]?\s*{_LETTER}",
     re.IGNORECASE,
 )
 _PLURAL_NEGATION = re.compile(
-    rf"^\s*[)\]\"”']?\s*(?:\([^()]*\)\s*)?(?:(?:are|were)\s+(?:(?:both|all)\s+)?{_ADVERB}(?:not\b|incorrect|wrong|"
-    rf"false|unlikely|implausible|inaccurate|impossible|ruled\s+out|eliminated|excluded|distractors|irrelevant|invalid)"
-    rf"|aren't|aren’t|are\s+not|don't|don’t|do\s+not|can\s+be\s+(?:ruled\s+out|eliminated|excluded))",
+    rf"^{_AFTER_SLOT}(?:(?:are|were)\s+(?:(?:both|all)\s+)?{_ADVERB}{_WRONG_PLURAL}"
+    r"|aren't|aren’t|are\s+not|don't|don’t|do\s+not|can\s+be\s+(?:ruled\s+out|eliminated|excluded))",
     re.IGNORECASE,
 )
 _HEDGE_BEFORE = re.compile(
-    r"(?:(?<![A-Za-z0-9'’])([A-Za-z])[)\]\"”']?\s*(?:,\s*(?:(?:or|and)\b)?|(?:or\b|and\b|/|&|或者?|和|与))|\beither)\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*$",
+    r"(?:(?<![A-Za-z0-9'’])([A-Za-z])[)\]\"”']?\s*(?:,\s*(?:(?:or|and)\b)?|(?:or\b|and\b|/|&|或者?|和|与))|\beither)"
+    r"\s*(?:(?:option|choice)\s*)?[\"'“(\[]?\s*$",
     re.IGNORECASE,
 )
 
