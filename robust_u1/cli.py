@@ -111,13 +111,11 @@ def run_eval(args: argparse.Namespace) -> int:
         load_rbench,
         write_report,
     )
-    from .evaluation.cache import JsonlCache
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}.")
     is_rbench = args.benchmark.lower().replace("-", "") == "rbench"
     try:
-        # Everything that can fail cheaply (benchmark file, judge key and endpoint) is checked before the model loads.
         if is_rbench:
             benchmark = load_rbench(_judge(args), **({"source": args.source} if args.source else {}))
             degrade = None
@@ -130,14 +128,10 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.limit:
             benchmark.items = benchmark.items[: args.limit]
         output = Path(args.output)
-        for cache in (output / "answers.jsonl", output / "answers.judge.jsonl"):
-            JsonlCache(cache)  # a foreign or damaged cache fails here, not after the model has loaded
-        if hasattr(benchmark, "check_ready"):
-            benchmark.check_ready()
-        model = _load(args.model, args.dtype)
-        answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs={**_recover_kwargs(args), "progress": False})
+        # evaluate_benchmark reads the caches and checks the judge before the first answer, and the model loads
+        # only then: bad input fails in seconds, and a fully cached run (re-scoring, a new report) never loads it.
         results = evaluate_benchmark(
-            benchmark, answerer, levels=levels, modes=args.modes, degrade=degrade, seed=args.seed,
+            benchmark, _lazy_answerer(args), levels=levels, modes=args.modes, degrade=degrade, seed=args.seed,
             cache_path=output / "answers.jsonl", model_name=args.model,
         )  # fmt: skip
     except (MissingAPIKeyError, JudgeRequestError) as error:
@@ -148,6 +142,20 @@ def run_eval(args: argparse.Namespace) -> int:
     print(written["markdown"].read_text())
     print(f"Report: {written['markdown']}  plot: {written['plot']}  results: {written['json']}")
     return 0
+
+
+def _lazy_answerer(args: argparse.Namespace):
+    answerer = None
+
+    def answer(image, prompt, options, mode):
+        nonlocal answerer
+        if answerer is None:
+            model = _load(args.model, args.dtype)
+            recover_kwargs = {**_recover_kwargs(args), "progress": False}
+            answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs=recover_kwargs)
+        return answerer(image, prompt, options, mode)
+
+    return answer
 
 
 def _mcq_levels(levels: list[str] | None) -> list[int] | None:

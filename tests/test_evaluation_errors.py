@@ -177,6 +177,17 @@ def test_a_foreign_line_in_the_cache_names_the_file_and_line(tmp_path):
         JsonlCache(cache)
 
 
+def test_a_foreign_judge_cache_fails_before_any_answer(tmp_path):
+    from robust_u1.evaluation import ExactMatchJudge
+
+    (tmp_path / "answers.judge.jsonl").write_text('{"score": 1}\n')
+    answerer = Answerer()
+    bench = load_rbench(ExactMatchJudge(), datasets.Dataset.from_list(rbench_rows()), tasks=("MCQ",))
+    with pytest.raises(ValueError, match=r"answers.judge.jsonl, line 1: not a robust-u1 cache entry"):
+        evaluate_benchmark(bench, answerer, cache_path=tmp_path / "answers.jsonl", progress=False)
+    assert answerer.calls == 0
+
+
 def test_a_truncated_last_line_is_still_skipped(tmp_path):
     cache = tmp_path / "answers.jsonl"
     cache.write_text(json.dumps({"key": "k", "value": {"response": "A"}}) + '\n{"key": "k2", "val')
@@ -361,3 +372,20 @@ def test_cli_judge_without_key_or_answer_is_one_line_before_the_model_loads(tmp_
     code, lines = run_cli(capsys, *common, "--judge-url", "http://127.0.0.1:1/v1", "--judge-timeout", "0")
     assert_one_line_error(code, lines, "timeout must be a positive number of seconds, got 0")
     assert not (tmp_path / "out" / "answers.jsonl").exists()
+
+
+def test_cli_loads_the_model_only_when_an_answer_is_missing(tmp_path, capsys, monkeypatch):
+    import robust_u1.cli
+
+    loads = []
+
+    class StubModel:
+        def as_answerer(self, **kwargs):
+            return lambda image, prompt, options, mode: {"answer": "A", "reasoning": None, "recovered_image": None}
+
+    monkeypatch.setattr(robust_u1.cli, "_load", lambda model, dtype: loads.append(model) or StubModel())
+    args = ["eval", "MMMB", "--source", FIXTURES / "mmmb_tiny.tsv", "--output", tmp_path / "out", "--levels", "0",
+            "--modes", "baseline", "--limit", "2"]  # fmt: skip
+    assert run_cli(capsys, *args)[0] == 0 and loads == ["tinyworld"]
+    assert run_cli(capsys, *args)[0] == 0 and loads == ["tinyworld"]  # everything cached: no model load
+    assert len((tmp_path / "out" / "answers.jsonl").read_text().splitlines()) == 2

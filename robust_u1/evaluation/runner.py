@@ -144,6 +144,9 @@ def evaluate_benchmark(
     if not cases:
         raise ValueError(f"{benchmark.name} has nothing to evaluate at levels {list(levels)} in modes {list(modes)}.")
     answers = JsonlCache(cache_path)
+    judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
+    if judge_cache is not None and judge_cache.exists():
+        JsonlCache(judge_cache)  # read only after answering: a foreign or damaged file should fail now
     pending = [case for case in cases if _case_key(benchmark, case, seed) not in answers]
     check_ready = getattr(benchmark, "check_ready", None)
     if pending and check_ready is not None:
@@ -174,7 +177,6 @@ def evaluate_benchmark(
         }
         for case in cases
     ]
-    judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
     scored, metrics = benchmark.summarize(records, cache_path=judge_cache, progress=progress)
     return BenchmarkResults(benchmark.name, benchmark.kind, model_name, levels, scored, metrics)
 
