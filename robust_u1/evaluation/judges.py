@@ -73,7 +73,11 @@ class JudgeRequestError(RuntimeError):
 
 @runtime_checkable
 class Judge(Protocol):
-    """Scores one R-Bench reply; ``reference`` is the ground truth (a caption list for CAP) or the clean-image reply."""
+    """Scores one R-Bench reply; ``reference`` is the ground truth (a caption list for CAP) or the clean-image reply.
+
+    A judge may also define ``check() -> None``, raising when it cannot score (unreachable endpoint, missing
+    model); :func:`~robust_u1.evaluation.evaluate_benchmark` calls it before computing any answer.
+    """
 
     name: str
     tasks: tuple[RBenchTask, ...]
