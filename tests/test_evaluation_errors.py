@@ -78,6 +78,8 @@ def test_a_missing_local_file_is_not_looked_up_on_the_hub(tmp_path):
     missing = tmp_path / "typo.jsonl"
     with pytest.raises(FileNotFoundError, match=f"Benchmark file {missing} does not exist"):
         load_mcq_benchmark(missing)
+    with pytest.raises(FileNotFoundError, match=f"Benchmark folder {tmp_path / 'no-such-folder'} does not exist"):
+        load_mcq_benchmark(tmp_path / "no-such-folder")
 
 
 def test_a_benchmark_without_an_answer_column_names_the_file(tmp_path):

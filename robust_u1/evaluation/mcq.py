@@ -307,10 +307,14 @@ def load_mcq_benchmark(
         return load_mcq_benchmark(known["path"], name=name or source, split=split or known.get("split"))
     if Path(source).suffix.lower() in TABLE_SUFFIXES:
         return MCQBenchmark(read_benchmark_table(source), name or Path(source).stem, source=source)
-    if Path(source).expanduser().is_file():
+    local = Path(source).expanduser()
+    if local.is_file():
         raise ValueError(
             f"Cannot read benchmark file {source}: unknown format; use one of {', '.join(sorted(TABLE_SUFFIXES))}."
         )
+    if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        # A Hub id is "owner/name"; anything else path-like is a local folder that is missing.
+        raise FileNotFoundError(f"Benchmark folder {source} does not exist (Hub dataset ids look like owner/name).")
     loaded = datasets.load_dataset(source, split=split)
     if isinstance(loaded, datasets.DatasetDict):
         raise ValueError(f"{source} has splits {list(loaded)}; pass split=.")
