@@ -167,6 +167,14 @@ def test_rbench_files_are_read_locally_and_checked(tmp_path):
         load_rbench(ExactMatchJudge(), no_answer, tasks=("MCQ",))
 
 
+def test_levels_that_select_nothing_are_an_error_not_an_empty_report():
+    from robust_u1.evaluation import ExactMatchJudge
+
+    bench = load_rbench(ExactMatchJudge(), datasets.Dataset.from_list(rbench_rows()), tasks=("MCQ",))
+    with pytest.raises(ValueError, match=r"R-Bench has nothing to evaluate at levels \['extreme'\] in modes"):
+        evaluate_benchmark(bench, Answerer(), levels=["extreme"], progress=False)
+
+
 # --- the answers cache -------------------------------------------------------------------------------
 
 
