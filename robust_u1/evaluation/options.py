@@ -268,10 +268,10 @@ def _answer_part(response: str) -> str:
     tagged = _ANSWER_TAG.findall(text)
     if tagged:
         text = tagged[-1]
+    text = _LATEX_WRAPPER.sub(r"\1", text)  # first, so that \boxed{\text{B}} has no nested braces left
     boxed = _BOXED.findall(text)
     if boxed:
         text = boxed[-1]
-    text = _LATEX_WRAPPER.sub(r"\1", text)
     text = _MARKDOWN.sub("", text)
     text = _ABBREVIATIONS.sub(" ", text)
     return text.strip()
@@ -284,7 +284,7 @@ def _remove_option_echo(text: str, choices: dict[str, str]) -> str:
         needle = re.escape(_clean_option_text(option_text))
         if not needle:
             continue
-        item = rf"(?<![A-Za-z0-9])[(\[]?{letter}[.:)\]]\s*{needle}\.?"
+        item = rf"(?<![A-Za-z0-9])[(\[]?{re.escape(letter)}[.:)\]]\s*{needle}\.?"
         items.extend((found.start(), found.end()) for found in re.finditer(item, text, re.IGNORECASE))
     items.sort()
     runs: list[list[tuple[int, int]]] = []
