@@ -90,6 +90,7 @@ TEMPLATES: list[tuple[str, str | None, str | None]] = [
     # --- tags, LaTeX, markdown headings
     ("\\boxed{{{L}}}", L, None),
     ("$\\boxed{{{L}}}$", L, None),
+    ("The final answer is $\\boxed{{\\text{{{L}}}}}$.", L, None),
     ("The answer is $\\text{{{L}}}$.", L, None),
     ("<answer>{L}</answer>", L, None),
     ("<ANSWER>{L}</ANSWER>", L, None),
