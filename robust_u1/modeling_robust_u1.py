@@ -390,9 +390,27 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         self.vae2llm = nn.Linear(config.patch_latent_dim, text.hidden_size)
         self.llm2vae = nn.Linear(text.hidden_size, config.patch_latent_dim)
         self.vae = AutoencoderKL(**config.vae_config)
-        self.vae.requires_grad_(False)  # the VAE is frozen in every Robust-U1 stage
         self.attention_backend = "auto"
         self.post_init()
+        self.freeze_fixed_parts()
+
+    def freeze_fixed_parts(self) -> None:
+        """Sets ``requires_grad=False`` on what never trains: the VAE and the sin-cos tables
+        ``vit_pos_embed`` / ``latent_pos_embed`` (frozen in every BAGEL / Robust-U1 stage).
+
+        Called at construction and again after every `from_pretrained`: transformers' loader rebuilds
+        each loaded parameter with ``requires_grad=True`` whatever the module had set.
+
+        Example:
+
+        ```python
+        >>> model.freeze_fixed_parts()
+        >>> any(p.requires_grad for p in model.vae.parameters())
+        False
+        ```
+        """
+        for module in (self.vae, self.vit_pos_embed, self.latent_pos_embed):
+            module.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -418,6 +436,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         official = resolve_official_checkpoint(pretrained_model_name_or_path, **kwargs)
         if official is None:
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model.freeze_fixed_parts()
             try:
                 model.processor = RobustU1Processor.from_pretrained(pretrained_model_name_or_path)
             except (OSError, ValueError):
@@ -428,6 +447,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         if device_map is not None and not isinstance(device_map, (str, torch.device)):
             raise ValueError("Official-layout checkpoints load onto one device: pass device_map='cuda' or similar.")
         model = load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
+        model.freeze_fixed_parts()
         model.processor = official_processor(official)
         return model
 
