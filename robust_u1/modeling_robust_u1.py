@@ -272,19 +272,26 @@ class RobustU1VisionTransformer(nn.Module):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, packed_patches, position_ids, seqlens: Sequence[int]) -> torch.Tensor:
-        hidden_states = self.embeddings(packed_patches, position_ids)[None]
-        mask = None
-        if len(seqlens) > 1:
-            image_of_token = torch.repeat_interleave(
-                torch.arange(len(seqlens), device=hidden_states.device),
-                torch.as_tensor(list(seqlens), device=hidden_states.device),
-            )
-            same_image = image_of_token[:, None] == image_of_token[None, :]
-            mask = torch.zeros(same_image.shape, dtype=hidden_states.dtype, device=hidden_states.device)
-            mask = mask.masked_fill(~same_image, torch.finfo(hidden_states.dtype).min)[None, None]
+        embeddings = self.embeddings(packed_patches, position_ids)
+        seqlens = [int(n) for n in seqlens]
+        if len(set(seqlens)) <= 1:  # one image, or images of one size: a batch without any mask
+            count = max(len(seqlens), 1)
+            return self._encode(embeddings.reshape(count, -1, embeddings.shape[-1])).reshape(embeddings.shape)
+        # Images of several sizes: one unmasked batch per size rather than a block-diagonal
+        # [N, N] mask over all packed tokens, whose memory grows with the square of N.
+        pieces = list(embeddings.split(seqlens))
+        outputs: list[torch.Tensor | None] = [None] * len(pieces)
+        for length in dict.fromkeys(seqlens):
+            indices = [i for i, n in enumerate(seqlens) if n == length]
+            encoded = self._encode(torch.stack([pieces[i] for i in indices]))
+            for i, out in zip(indices, encoded):
+                outputs[i] = out
+        return torch.cat(outputs)
+
+    def _encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for layer in self.encoder.layers:
-            hidden_states = layer(hidden_states, mask)
-        return self.post_layernorm(hidden_states)[0]
+            hidden_states = layer(hidden_states, None)
+        return self.post_layernorm(hidden_states)
 
 
 class RobustU1VisionModel(nn.Module):
