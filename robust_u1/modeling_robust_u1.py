@@ -612,8 +612,9 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         """
         if len(blocks) != cache.batch_size:
             raise ValueError(f"Got {len(blocks)} blocks for a cache of {cache.batch_size} sequences.")
-        embeds, positions, gen_mask, modes, advances = self._embed_blocks(blocks, cache.next_positions)
         lengths = self._block_lengths(blocks)
+        self.check_sequence_lengths([cached + new for cached, new in zip(cache.lengths, lengths)])
+        embeds, positions, gen_mask, modes, advances = self._embed_blocks(blocks, cache.next_positions)
         layout = PackedAttentionLayout.single_split(lengths, modes, cache_lens=cache.lengths)
         hidden = self.language_model.model(
             embeds.to(self.dtype), positions, gen_mask, layout, cache=cache, update_cache=update_cache,
@@ -622,6 +623,38 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         if update_cache:
             cache.next_positions = [p + a for p, a in zip(cache.next_positions, advances)]
         return hidden, gen_mask, lengths
+
+    def check_sequence_lengths(self, lengths: Sequence[int], max_new_tokens: int = 0) -> None:
+        """Raises a one-line `ValueError` when a sequence of ``lengths`` tokens (text and image tokens
+        together), plus ``max_new_tokens`` to generate, exceeds ``max_position_embeddings``.
+
+        Called before any computation by `generate`, `answer`, `recover` and the training collators,
+        and by every prefill as a last guard (attention memory grows with the square of the length).
+
+        Example:
+
+        ```python
+        >>> model.check_sequence_lengths([model.sequence_length(blocks)], max_new_tokens=64)
+        ```
+        """
+        limit = self.text_config.max_position_embeddings
+        longest = max((int(n) for n in lengths), default=0)
+        if longest + max_new_tokens <= limit:
+            return
+        if max_new_tokens:
+            raise ValueError(
+                f"The input has {longest} tokens (text and image tokens together) and max_new_tokens={max_new_tokens}: "
+                f"{longest + max_new_tokens} exceeds max_position_embeddings={limit} of this model; shorten the text, "
+                "use smaller images or lower max_new_tokens."
+            )
+        raise ValueError(
+            f"The input has {longest} tokens (text and image tokens together), more than max_position_embeddings="
+            f"{limit} of this model; shorten the text or use smaller images."
+        )
+
+    def sequence_length(self, blocks: Sequence[Block]) -> int:
+        """Tokens that a sequence of blocks occupies in the decoder (markers and wrappers included)."""
+        return sum(self._block_lengths(blocks))
 
     def _block_lengths(self, blocks: Sequence[Block]) -> list[int]:
         patch = self.config.vision_config.patch_size

@@ -338,3 +338,193 @@ def test_our_trainers_carry_the_safety_callback(tmp_path, trainer_class):
         trainer = trainer_class(model, [perfect_sample_reward], args, processing_class=processor)
     assert any(isinstance(callback, TrainingSafetyCallback) for callback in trainer.callback_handler.callbacks)
     assert (tmp_path / "incomplete-checkpoint-5").is_dir() and not (tmp_path / "checkpoint-5").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Item 7: sequences longer than max_position_embeddings fail fast; no dense mask where lengths suffice
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_random_model(seed=0)
+
+
+def forbid(monkeypatch, model, *names):
+    """Makes the expensive steps fail loudly, so a test shows the check came before them."""
+    for name in names:
+        monkeypatch.setattr(model, name, lambda *a, **k: pytest.fail(f"{name} ran before the length check"))
+
+
+def test_a_100k_character_question_fails_fast_with_both_numbers(tiny, monkeypatch):
+    import time
+
+    model, processor = tiny
+    forbid(monkeypatch, model, "recover", "run_blocks", "encode_images")
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^The input has 100\d{3} tokens \(text and image tokens together\) and "
+                                         r"max_new_tokens=16: \d+ exceeds max_position_embeddings=4096 of this model"):
+        model.answer(image, "why " * 25_000, options=["red", "blue"], max_new_tokens=16)
+    assert time.perf_counter() - start < 10  # was OOM-killed at 20.9 GB
+    with pytest.raises(ValueError, match=r"^The input has 100\d{3} tokens .* max_position_embeddings=4096"):
+        model.generate(["why " * 25_000], processor=processor, max_new_tokens=1)
+
+
+def test_generation_that_would_run_past_the_positions_is_refused(tiny, monkeypatch):
+    model, processor = tiny
+    forbid(monkeypatch, model, "run_blocks")
+    prompt = "x" * 4000
+    with pytest.raises(ValueError, match=r"^The input has 4002 tokens .* and max_new_tokens=512: 4514 exceeds "
+                                         r"max_position_embeddings=4096 of this model; .* lower max_new_tokens\.$"):
+        model.generate([prompt], processor=processor, max_new_tokens=512)
+
+
+def test_recovery_with_a_too_long_prompt_fails_before_the_vae(tiny, monkeypatch):
+    model, processor = tiny
+    forbid(monkeypatch, model, "run_blocks", "encode_images")
+    with pytest.raises(ValueError, match=r"^The input has \d+ tokens \(text and image tokens together\), more than "
+                                         r"max_position_embeddings=4096 of this model; shorten the text or use smaller images\.$"):
+        model.recover(Image.new("RGB", (32, 32)), prompt="y" * 5000, processor=processor, progress=False)
+
+
+def test_prefill_guard_counts_the_cache(tiny):
+    from robust_u1.packing import TextBlock
+
+    model, _ = tiny
+    cache = model.prefill(model.new_cache(1), [TextBlock(torch.zeros(3000, dtype=torch.long))])
+    with pytest.raises(ValueError, match=r"^The input has 5004 tokens .* max_position_embeddings=4096"):
+        model.prefill(cache, [TextBlock(torch.zeros(2000, dtype=torch.long))])
+
+
+def test_training_collators_refuse_too_long_samples(tiny):
+    model, processor = tiny
+    row = {**color_rows(1)[0], "question": "z" * 5000}
+    with pytest.raises(ValueError, match=r"^Sample 0 of the batch packs \d+ tokens \(text and image tokens together\), "
+                                         r"more than max_position_embeddings=4096 of the model"):
+        ReasoningCollator(processor, model.config, allow_without_recovery=True)([row])
+
+
+def test_tinyworld_rejects_more_than_its_1024_positions(monkeypatch):
+    from robust_u1.tinyworld import load_tinyworld
+
+    model, processor = load_tinyworld("sft")
+    forbid(monkeypatch, model, "recover", "run_blocks")
+    question = " ".join(["Which shape is red?"] * 300)  # 1,500 words
+    with pytest.raises(ValueError, match=r"^The input has \d{4} tokens .* exceeds max_position_embeddings=1024 of this model"):
+        model.answer(Image.new("RGB", (64, 64)), question, max_new_tokens=8)
+
+
+def test_sdpa_gets_lengths_instead_of_dense_masks():
+    from torch.nn.attention.bias import CausalBias
+
+    from robust_u1.attention import PackedAttentionLayout, packed_sdpa
+
+    cpu = torch.device("cpu")
+    prefill = PackedAttentionLayout.single_split([300], ["causal"])
+    assert prefill.sequence_attention(0, cpu) == (None, True)  # a text prefill: is_causal, no 300×300 mask
+    after_images = PackedAttentionLayout.single_split([7], ["causal"], cache_lens=[20])
+    mask, is_causal = after_images.sequence_attention(0, cpu)
+    assert isinstance(mask, CausalBias) and not is_causal
+    assert torch.equal(mask._materialize(cpu), after_images.sequence_mask(0, cpu))  # the same rule
+    assert isinstance(after_images.sequence_attention(0, cpu, grouped_query=True)[0], torch.Tensor)
+    assert PackedAttentionLayout.single_split([9], ["full"], cache_lens=[4]).sequence_attention(0, cpu) == (None, False)
+
+    # Same outputs as the dense masks, grouped-query heads included.
+    torch.manual_seed(0)
+    for heads, kv_heads, cache in ((4, 4, 0), (4, 4, 20), (4, 2, 0), (4, 2, 20)):
+        layout = PackedAttentionLayout.single_split([7, 5], ["causal", "causal"], cache_lens=[cache, 3])
+        query = torch.randn(12, heads, 8)
+        keys = [torch.randn(cache + 7, kv_heads, 8), torch.randn(8, kv_heads, 8)]
+        values = [torch.randn(cache + 7, kv_heads, 8), torch.randn(8, kv_heads, 8)]
+        expected, start = [], 0
+        for index, length in enumerate(layout.query_lens):
+            q = query[start : start + length].transpose(0, 1)[None]
+            k, v = keys[index].transpose(0, 1)[None], values[index].transpose(0, 1)[None]
+            dense = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=layout.sequence_mask(index, cpu), enable_gqa=heads != kv_heads
+            )
+            expected.append(dense[0].transpose(0, 1))
+            start += length
+        torch.testing.assert_close(packed_sdpa(query, keys, values, layout), torch.cat(expected), atol=1e-6, rtol=1e-6)
+
+
+def test_vit_images_of_several_sizes_match_one_by_one(tiny):
+    model, processor = tiny
+    sizes = [(56, 56), (28, 84), (56, 56)]
+    torch.manual_seed(0)
+    images = [torch.randn(3, h, w) for h, w in sizes]
+    with torch.no_grad():
+        packed, seqlens = model.embed_vit_images(images)
+        alone = torch.cat([model.embed_vit_images([image])[0] for image in images])
+    assert seqlens == [16, 12, 16]
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Unclear errors of text generation and answering
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(max_new_tokens=0), ValueError, r"^max_new_tokens must be a positive int, got 0\.$"),
+        (dict(max_new_tokens=-3), ValueError, r"^max_new_tokens must be a positive int, got -3\.$"),
+        (dict(max_new_tokens=2.5), ValueError, r"^max_new_tokens must be a positive int, got 2\.5\.$"),
+        (dict(do_sample=True, temperature=0.0), ValueError, r"^temperature must be > 0 when do_sample=True, got 0\.0"),
+        (dict(temperature=float("nan")), ValueError, r"^temperature must be a finite number, got nan\.$"),
+        (dict(top_p=0.0), ValueError, r"^top_p must be in \(0, 1\], got 0\.0\.$"),
+        (dict(top_p=1.5), ValueError, r"^top_p must be in \(0, 1\], got 1\.5\.$"),
+        (dict(top_k=-1), ValueError, r"^top_k must be an int >= 0 \(0 disables it\), got -1\.$"),
+        (dict(generator=0), TypeError, r"^generator must be a torch\.Generator or None, got int"),
+    ],
+)
+def test_generate_rejects_bad_settings_before_the_prefill(tiny, monkeypatch, kwargs, error, message):
+    model, processor = tiny
+    forbid(monkeypatch, model, "run_blocks")
+    with pytest.raises(error, match=message):
+        model.generate(["Hello"], processor=processor, **kwargs)
+
+
+def test_generate_rejects_inputs_that_are_not_a_list(tiny):
+    model, processor = tiny
+    with pytest.raises(ValueError, match=r"^generate\(\) takes a non-empty list of interleaved items .* got str\.$"):
+        model.generate("Hello", processor=processor)
+    with pytest.raises(ValueError, match=r"got list"):
+        model.generate([], processor=processor)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(options="AB"), TypeError, r"^options must be a list of option texts or a \{letter: text\} dict, e\.g\. \['dog', 'cat'\]; got the string 'AB'\.$"),
+        (dict(options=[f"option {i}" for i in range(27)]), ValueError, r"^At most 26 options \(letters A to Z\) are supported, got 27\.$"),
+        (dict(max_new_tokens=0), ValueError, r"^max_new_tokens must be a positive int, got 0\.$"),
+        (dict(do_sample=True, temperature=-1.0), ValueError, r"^temperature must be > 0 when do_sample=True"),
+        (dict(top_p=2.0), ValueError, r"^top_p must be in \(0, 1\], got 2\.0\.$"),
+    ],
+)
+def test_answer_rejects_bad_arguments_before_recovering(tiny, monkeypatch, kwargs, error, message):
+    model, processor = tiny
+    forbid(monkeypatch, model, "recover", "run_blocks")
+    with pytest.raises(error, match=message):
+        model.answer(Image.new("RGB", (32, 32)), "Which color?", **{"options": ["red", "blue"], **kwargs})
+
+
+def test_mcq_prompt_and_pipeline_name_the_option_problem(tiny, monkeypatch):
+    from transformers import pipeline
+
+    from robust_u1.evaluation.prompts import build_mcq_prompt
+
+    model, processor = tiny
+    with pytest.raises(TypeError, match=r"options must be a list of option texts"):
+        build_mcq_prompt("Which?", "ABCD")
+    with pytest.raises(ValueError, match=r"At most 26 options"):
+        build_mcq_prompt("Which?", [str(i) for i in range(30)])
+    forbid(monkeypatch, model, "recover", "run_blocks")
+    vqa = pipeline("robust-vqa", model=model, device="cpu")
+    with pytest.raises(TypeError, match=r"got the string 'red or blue'"):
+        vqa({"image": Image.new("RGB", (32, 32)), "question": "Which color?", "options": "red or blue"})
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be a positive int, got 0\.$"):
+        vqa({"image": Image.new("RGB", (32, 32)), "question": "Which color?"}, max_new_tokens=0)
