@@ -193,6 +193,23 @@ def test_nan_loss_stops_flow_matching_and_checkpoints_stay_finite(tmp_path):
     assert all_finite(model.parameters())
 
 
+def test_nan_loss_stops_flow_grpo_before_any_update(tmp_path, monkeypatch):
+    import robust_u1.trainers.flow_grpo as flow_grpo
+
+    policy_loss = flow_grpo.clipped_policy_loss
+    monkeypatch.setattr(flow_grpo, "clipped_policy_loss", lambda *a, **k: (lambda loss, stats: (loss * math.nan, stats))(*policy_loss(*a, **k)))
+    model, processor = tiny_random_model()
+    before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    args = FlowGRPOConfig(
+        str(tmp_path), num_generations=2, per_device_train_batch_size=2, max_steps=1, num_inference_steps=4,
+        sde_window_range=(0, 3), report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    trainer = FlowGRPOTrainer(model, [lambda images, **kw: [0.0, 1.0]], args, train_dataset=pairs(1), processing_class=processor)
+    with pytest.raises(NonFiniteTrainingError, match=r"^FlowGRPOTrainer: non-finite loss \(nan\) at step 1; training stopped"):
+        trainer.train()
+    assert all(torch.equal(parameter, before[name]) for name, parameter in model.named_parameters())
+
+
 def test_nan_gradient_stops_the_standard_trainer_of_stage_three(tmp_path):
     model, processor = tiny_random_model()
     model.train()
