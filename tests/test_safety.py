@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -545,3 +546,25 @@ def test_mcq_prompt_and_pipeline_name_the_option_problem(tiny, monkeypatch):
         vqa({"image": Image.new("RGB", (32, 32)), "question": "Which color?", "options": "red or blue"})
     with pytest.raises(ValueError, match=r"^max_new_tokens must be a positive int, got 0\.$"):
         vqa({"image": Image.new("RGB", (32, 32)), "question": "Which color?"}, max_new_tokens=0)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-new-tokens", "0"], r"^robust-u1 ask: error: max_new_tokens must be a positive int, got 0\.$"),
+        (["--max-new-tokens", "8", "--question-repeat"], r"^robust-u1 ask: error: The input has \d{4} tokens .* max_position_embeddings=1024"),
+    ],
+)
+def test_cli_ask_reports_bad_generation_input_in_one_line(tmp_path, extra, message):
+    image = tmp_path / "image.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    question = "Which shape is red?"
+    if "--question-repeat" in extra:
+        extra = [e for e in extra if e != "--question-repeat"]
+        question = " ".join([question] * 300)
+    result = subprocess.run([sys.executable, "-m", "robust_u1", "ask", str(image), question, *extra],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("robust-u1 ask")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.match(message, lines[0]), lines[0]

@@ -83,7 +83,7 @@ def check_options(options: Mapping[str, str] | Sequence[str]) -> None:
         raise TypeError(
             f"options must be a list of option texts or a {{letter: text}} dict, e.g. ['dog', 'cat']; got the string {options!r:.60}."
         )
-    if not isinstance(options, (Mapping, Sequence)):
+    if not (hasattr(options, "__len__") and hasattr(options, "__iter__")):  # lists, tuples, arrays, dicts
         raise TypeError(f"options must be a list of option texts or a {{letter: text}} dict, got {type(options).__name__}.")
     if len(options) > 26:
         raise ValueError(f"At most 26 options (letters A to Z) are supported, got {len(options)}.")
