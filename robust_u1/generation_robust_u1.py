@@ -180,7 +180,14 @@ class RobustU1GenerationMixin:
 
     def check_edit_lengths(self, inputs: EditInputs) -> None:
         """Checks before any computation that each recovery fits in ``max_position_embeddings``: the
-        context [VAE(I_c), ViT(I_c), prompt] and the noisy latent query that attends to it."""
+        context [VAE(I_c), ViT(I_c), prompt] and the noisy latent query that attends to it.
+
+        Example:
+
+        ```python
+        >>> model.check_edit_lengths(model.prepare_edit_inputs([image], processor=processor))
+        ```
+        """
         stride, patch = self.config.pixels_per_latent_token, self.config.vision_config.patch_size
         lengths = []
         for vae, vit, ids in zip(inputs.vae_pixel_values, inputs.vit_pixel_values, inputs.prompt_ids):

@@ -251,10 +251,10 @@ def raise_if_non_finite_loss(trainer, loss: torch.Tensor) -> None:
     The check is gathered over processes so that every rank stops together (a lone rank raising
     would leave the others waiting in the gradient all-reduce).
     """
-    flags = trainer.accelerator.gather(torch.isfinite(loss.detach()).reshape(1))
-    if not bool(flags.all()):
+    losses = trainer.accelerator.gather(loss.detach().float().reshape(1))
+    if not bool(torch.isfinite(losses).all()):
         raise NonFiniteTrainingError(
-            f"{type(trainer).__name__}: non-finite loss ({loss.item()}) at step {trainer.state.global_step + 1}; "
+            f"{type(trainer).__name__}: non-finite loss ({losses[~torch.isfinite(losses)][0].item()}) at step {trainer.state.global_step + 1}; "
             + _NON_FINITE_ADVICE
         )
 
@@ -276,6 +276,13 @@ def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
     `transformers.Trainer._save_checkpoint` writes ``trainer_state.json`` after the weights, the
     optimizer, the RNG states and our ``ema.safetensors``; a folder whose ``trainer_state.json`` is
     missing or truncated was interrupted while being written.
+
+    Example:
+
+    ```python
+    >>> is_complete_checkpoint("robust-u1-sft/checkpoint-400")
+    True
+    ```
     """
     state = Path(folder) / "trainer_state.json"
     try:
