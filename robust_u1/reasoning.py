@@ -2,7 +2,8 @@
 
 The paper's third stage fine-tunes the understanding path on the corrupted image I_c, the image
 I_r that the model itself recovered, and the question, with next-token cross-entropy on the answer
-only (the paper's stage III; MathCanvas' stage-2 template for the loss weights). This module holds the three pieces that make that a plain ``Trainer`` run:
+only (the paper's stage III; MathCanvas' stage-2 template for the loss weights). This module holds
+the three pieces that make that a plain ``Trainer`` run:
 
 - `build_reasoning_dataset` precomputes I_r once with `model.recover` (cached and resumable), so
   training never runs the 50-step sampler;
@@ -16,11 +17,16 @@ reasoning, so `model.answer` and the benchmark scorers (both read replies with
 `robust_u1.prompting.parse_reply` / ``final_answer_text``) parse what the trained model writes without
 any change. MCQ answers are the option letter, as the scorers expect.
 
+`TrainingSafetyCallback` (from `robust_u1.trainers`) gives the standard Trainer what our stage I/II
+trainers have built in: it stops on a non-finite gradient norm before NaN reaches the weights, and
+sets aside checkpoints whose save was interrupted so that ``resume_from_checkpoint=True`` works.
+
 Example:
     >>> model, processor = tiny_random_model()
     >>> train = build_reasoning_dataset(load_robust_r1_jsonl("train.jsonl"), model, cache_dir="cache")
     >>> trainer = Trainer(model, reasoning_training_arguments("out", max_steps=100), train_dataset=train,
-    ...                   data_collator=ReasoningCollator(processor, model.config))
+    ...                   data_collator=ReasoningCollator(processor, model.config),
+    ...                   callbacks=[TrainingSafetyCallback()])
     >>> trainer.train()
 """
 
@@ -544,7 +550,8 @@ def reasoning_training_arguments(output_dir: str | os.PathLike, **kwargs) -> Tra
 
     Example:
         >>> args = reasoning_training_arguments("out", max_steps=1000, learning_rate=1e-5, per_device_train_batch_size=4)
-        >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator)
+        >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator,
+        ...                   callbacks=[TrainingSafetyCallback()])
     """
     required = {"remove_unused_columns": False, "label_names": ["packed_label_ids"], "prediction_loss_only": True}
     conflicts = sorted(name for name, value in required.items() if name in kwargs and kwargs[name] != value)

@@ -18,6 +18,7 @@ from ..prompting import (  # noqa: F401  (re-exported: the harness and user code
     RECOVERY_PROMPT,
     build_mcq_prompt,
     build_open_prompt,
+    check_options,
     with_recovery,
 )
 
