@@ -38,7 +38,7 @@ def run_once(command: list[str], expect_code: int) -> tuple[float, float]:
     return wall, after.children_user - before.children_user + after.children_system - before.children_system
 
 
-def main(repeats: int = 3) -> None:
+def main(repeats: int = 5) -> None:
     python, cli = [sys.executable], [sys.executable, "-m", "robust_u1"]
     with tempfile.TemporaryDirectory() as folder:
         missing, output = str(Path(folder) / "missing.png"), str(Path(folder) / "out.png")
@@ -76,5 +76,5 @@ def main(repeats: int = 3) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     main(parser.parse_args().repeats)
