@@ -322,7 +322,7 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
             colour = np.rint((c * a + (1.0 - a)) * 255).astype(np.uint8)
     else:
         colour = to_uint8(colour)
-    return np.ascontiguousarray(np.broadcast_to(colour, colour.shape[:2] + (3,)))
+    return np.array(np.broadcast_to(colour, colour.shape[:2] + (3,)))  # a writable copy
 
 
 def to_rgb_image(image: ImageInput) -> Image.Image:
