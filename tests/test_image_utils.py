@@ -324,7 +324,7 @@ def test_corrupt_cli_writes_rgba_and_16_bit_results_to_jpeg_and_keeps_old_output
 
     existing = tmp_path / "keep.xyz"
     existing.write_bytes(b"precious")
-    assert run(tmp_path / "rgba.png", existing) == 1
+    assert run(tmp_path / "rgba.png", existing) == 2
     assert existing.read_bytes() == b"precious"
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "cannot tell the image format of 'keep.xyz'" in error

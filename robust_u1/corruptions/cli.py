@@ -66,7 +66,7 @@ def add_corrupt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def run_corrupt(args: argparse.Namespace) -> int:
-    """Run ``corrupt``; returns 0, or 1 after one error line on stderr.
+    """Run ``corrupt``; returns 0, or 2 (the CLI error code) after one error line on stderr.
 
     The input is read upright (EXIF orientation applied) and the result is written upright without
     the tag; it goes to a temporary file that is renamed over OUT, and a mode OUT's format cannot
@@ -86,7 +86,7 @@ def run_corrupt(args: argparse.Namespace) -> int:
 def _fail(command: str, error: BaseException) -> int:
     message = " ".join(str(error).split())  # one line, whatever the exception text holds
     print(f"robust-u1 {command}: error: {message}", file=sys.stderr)
-    return 1
+    return 2
 
 
 def add_build_dataset_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -130,7 +130,7 @@ def add_build_dataset_parser(subparsers: argparse._SubParsersAction) -> argparse
 
 
 def run_build_dataset(args: argparse.Namespace) -> int:
-    """Run ``build-dataset``; returns 0, or 1 after one error line on stderr."""
+    """Run ``build-dataset``; returns 0, or 2 (the CLI error code) after one error line on stderr."""
     import datasets
 
     from ..data.recovery import build_recovery_dataset, export_jsonl
