@@ -174,10 +174,7 @@ class RobustU1GenerationMixin:
         context [VAE(I_c), ViT(I_c), prompt] and the noisy latent query that attends to it.
 
         Example:
-
-        ```python
-        >>> model.check_edit_lengths(model.prepare_edit_inputs([image], processor=processor))
-        ```
+            >>> model.check_edit_lengths(model.prepare_edit_inputs([image], processor=processor))
         """
         stride, patch = self.config.pixels_per_latent_token, self.config.vision_config.patch_size
         lengths = []

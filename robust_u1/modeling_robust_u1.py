@@ -418,12 +418,9 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         each loaded parameter with ``requires_grad=True`` whatever the module had set.
 
         Example:
-
-        ```python
-        >>> model.freeze_fixed_parts()
-        >>> any(p.requires_grad for p in model.vae.parameters())
-        False
-        ```
+            >>> model.freeze_fixed_parts()
+            >>> any(p.requires_grad for p in model.vae.parameters())
+            False
         """
         for module in (self.vae, self.vit_pos_embed, self.latent_pos_embed):
             module.requires_grad_(False)
@@ -679,10 +676,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         and by every prefill as a last guard (attention memory grows with the square of the length).
 
         Example:
-
-        ```python
-        >>> model.check_sequence_lengths([model.sequence_length(blocks)], max_new_tokens=64)
-        ```
+            >>> model.check_sequence_lengths([model.sequence_length(blocks)], max_new_tokens=64)
         """
         limit = self.text_config.max_position_embeddings
         longest = max((int(n) for n in lengths), default=0)

@@ -23,6 +23,7 @@ MODEL_MODULES = (
     "robust_u1.attention",
     "robust_u1.configuration_robust_u1",
     "robust_u1.generation_robust_u1",
+    "robust_u1.image_utils",
     "robust_u1.modeling_robust_u1",
     "robust_u1.packing",
     "robust_u1.pipeline_robust_vqa",
@@ -45,8 +46,6 @@ ABOVE_THE_MODEL = (
 PENDING_EDGES = {
     # The loading module shared by both (issue 13, item 3, "a loading module both use").
     ("robust_u1.modeling_robust_u1", "robust_u1.convert_bagel_weights_to_hf"),
-    # `open_image` moves to the one image-conversion module (issue 13, item 5).
-    ("robust_u1.processing_robust_u1", "robust_u1.corruptions.image_io"),
     # `answer()` reports the scorer's option letter (VLMEvalKit rules, `evaluation.options.extract_option`).
     ("robust_u1.generation_robust_u1", "robust_u1.evaluation.options"),
 }

@@ -68,7 +68,7 @@ def add_build_dataset_parser(subparsers: argparse._SubParsersAction) -> argparse
 
 
 def run_build_dataset(args: argparse.Namespace) -> int:
-    """Run ``build-dataset``; returns 0, or 1 after one error line on stderr."""
+    """Run ``build-dataset``; returns 0, or 2 (the CLI error code) after one error line on stderr."""
     import datasets
 
     from .recovery import build_recovery_dataset, export_jsonl

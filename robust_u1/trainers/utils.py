@@ -306,11 +306,8 @@ def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
     missing or truncated was interrupted while being written.
 
     Example:
-
-    ```python
-    >>> is_complete_checkpoint("robust-u1-sft/checkpoint-400")
-    True
-    ```
+        >>> is_complete_checkpoint("robust-u1-sft/checkpoint-400")
+        True
     """
     state = Path(folder) / "trainer_state.json"
     try:
@@ -329,11 +326,8 @@ def set_aside_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path
     new paths (kept for inspection; they may be deleted).
 
     Example:
-
-    ```python
-    >>> set_aside_incomplete_checkpoints("robust-u1-sft")
-    [PosixPath('robust-u1-sft/incomplete-checkpoint-400')]
-    ```
+        >>> set_aside_incomplete_checkpoints("robust-u1-sft")
+        [PosixPath('robust-u1-sft/incomplete-checkpoint-400')]
     """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -371,11 +365,8 @@ class TrainingSafetyCallback(TrainerCallback):
     (stage III) with ``callbacks=[TrainingSafetyCallback()]``.
 
     Example:
-
-    ```python
-    >>> trainer = Trainer(model, args, train_dataset=rows, data_collator=collator, callbacks=[TrainingSafetyCallback()])
-    >>> trainer.train(resume_from_checkpoint=True)
-    ```
+        >>> trainer = Trainer(model, args, train_dataset=rows, data_collator=collator, callbacks=[TrainingSafetyCallback()])
+        >>> trainer.train(resume_from_checkpoint=True)
     """
 
     def on_init_end(self, args, state, control, **kwargs):
