@@ -123,6 +123,10 @@ def run_eval(args: argparse.Namespace) -> int:
         benchmark, answerer, levels=args.levels, modes=args.modes, degrade=degrade, seed=args.seed,
         cache_path=output / "answers.jsonl", model_name=args.model,
     )  # fmt: skip
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under `accelerate launch` every process has the results; one writes the report
+        return 0
     written = write_report([results], output)
     print(written["markdown"].read_text())
     print(f"Report: {written['markdown']}  plot: {written['plot']}  results: {written['json']}")

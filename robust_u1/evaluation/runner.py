@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..distributed import broadcast_from_main, gather_objects, is_main_process, num_processes, process_index, process_share
 from .cache import JsonlCache, cache_key
 from .protocols import MODES, Answerer, Degrader, Mode
 
@@ -135,8 +136,11 @@ def evaluate_benchmark(
         raise ValueError(f"Unknown modes {sorted(unknown_modes)}; expected a subset of {MODES}.")
     levels = list(levels) if levels is not None else benchmark.default_levels(degrade)
     cases = benchmark.cases(levels=levels, modes=modes, degrade=degrade, seed=seed)
-    answers = JsonlCache(cache_path)
+    answers = _process_cache(cache_path)
     pending = [case for case in cases if _case_key(benchmark, case, seed) not in answers]
+    # Under `accelerate launch` each process answers a contiguous share of what is left (cases sharing an
+    # image stay mostly together) into its own cache file; the new answers are gathered once below.
+    pending = process_share(pending)
 
     current_image_key: tuple[Any, ...] | None = None
     current_image: Image.Image | None = None
@@ -149,6 +153,10 @@ def evaluate_benchmark(
             _case_key(benchmark, case, seed),
             {"response": str(reply.get("answer") or ""), "reasoning": reply.get("reasoning")},
         )
+    if num_processes() > 1:
+        mine = {key: answers.get(key) for key in (_case_key(benchmark, case, seed) for case in pending)}
+        for share in gather_objects(mine):
+            answers.absorb(share)
 
     records = [
         {
@@ -163,9 +171,33 @@ def evaluate_benchmark(
         for case in cases
     ]
     judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
-    scored, metrics = benchmark.summarize(records, cache_path=judge_cache, progress=progress)
+    # One process scores (a judge is called once per answer and its cache has one writer); all get the result.
+    summary = benchmark.summarize(records, cache_path=judge_cache, progress=progress) if is_main_process() else None
+    scored, metrics = broadcast_from_main(summary)
     return BenchmarkResults(benchmark.name, benchmark.kind, model_name, levels, scored, metrics)
 
 
 def _case_key(benchmark: Benchmark, case: EvalCase, seed: int) -> str:
     return cache_key(benchmark.name, case.item_id, case.level, case.mode, seed)
+
+
+def _process_cache(cache_path: str | os.PathLike[str] | None) -> JsonlCache:
+    """The answers cache: ``answers.jsonl`` alone; ``answers.process<rank>.jsonl`` per process under a launcher.
+
+    Every process reads the shared file and all the per-process files, so a run resumes whatever the
+    number of processes of the interrupted one.
+    """
+    if cache_path is None or num_processes() == 1:
+        answers = JsonlCache(cache_path)
+        siblings = []
+    else:
+        path = Path(cache_path)
+        answers = JsonlCache(path.with_name(f"{path.stem}.process{process_index()}{path.suffix}"))
+        siblings = [path]
+    if cache_path is not None:
+        path = Path(cache_path)
+        siblings += sorted(path.parent.glob(f"{path.stem}.process*{path.suffix}"))
+    for sibling in siblings:
+        if sibling != answers.path and sibling.exists():
+            answers.absorb(JsonlCache(sibling).items())
+    return answers
