@@ -1,4 +1,4 @@
-"""Evaluation, the dataset builders and the eval CLI spread over 2 CPU processes (gloo) equal one process."""
+"""Evaluation, the dataset builders, the eval CLI and EMA under FSDP2 over 2 CPU processes (gloo) equal one process."""
 
 import json
 import os
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
+from safetensors.torch import load_file
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
@@ -18,6 +20,7 @@ from test_flow_matching import free_port  # noqa: E402
 
 from robust_u1 import distributed  # noqa: E402
 from robust_u1.evaluation import evaluate_benchmark, load_mcq_benchmark  # noqa: E402
+from robust_u1.tiny import tiny_random_model  # noqa: E402
 
 
 def test_two_processes_build_and_evaluate_like_one(tmp_path):
@@ -78,3 +81,30 @@ def test_shares_follow_split_between_processes(monkeypatch):
         monkeypatch.setattr(distributed, "process_index", lambda rank=rank: rank)
         bounds.append(distributed.process_bounds(8))
     assert bounds == [(0, 3), (3, 6), (6, 8)]  # accelerate's rule: the first 8 % 3 processes take one more
+
+
+def test_ema_under_fsdp2_equals_one_process_and_resumes(tmp_path):
+    """EMA sharded like an FSDP2 model (2 processes, gloo): updated per shard, saved gathered, restored sharded."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
+    script = str(TESTS / "_ema_fsdp2.py")
+    for run in ("one", "two"):
+        (tmp_path / run).mkdir()
+    subprocess.run([sys.executable, script, str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", script]
+    result = subprocess.run(launch + [str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    sizes = [json.loads((tmp_path / "two" / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert sizes[0]["local"] + sizes[1]["local"] == sizes[0]["total"]  # each process holds only its shards
+    assert 0 < sizes[0]["local"] < sizes[0]["total"]
+    one = load_file(str(tmp_path / "one" / "straight" / "ema.safetensors"))
+    start = dict(tiny_random_model(0)[0].named_parameters())
+    assert all(not torch.equal(value, start[name].detach()) for name, value in one.items())  # the average moved
+    for run in ("one", "two"):
+        for folder in ("straight", "resumed"):
+            ema = load_file(str(tmp_path / run / folder / "ema.safetensors"))
+            assert ema.keys() == one.keys()
+            for name, value in ema.items():
+                torch.testing.assert_close(value, one[name], atol=1e-6, rtol=1e-5, msg=f"{run}/{folder} {name}")
+    assert not list((tmp_path / "two" / "straight").glob(".*"))  # written once, no temporary left
+
