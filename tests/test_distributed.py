@@ -108,3 +108,18 @@ def test_ema_under_fsdp2_equals_one_process_and_resumes(tmp_path):
                 torch.testing.assert_close(value, one[name], atol=1e-6, rtol=1e-5, msg=f"{run}/{folder} {name}")
     assert not list((tmp_path / "two" / "straight").glob(".*"))  # written once, no temporary left
 
+
+
+def test_flow_matching_trainer_keeps_ema_under_fsdp2(tmp_path):
+    """The Trainer's own path: EMA built before accelerate shards the model, then kept per shard (2 processes)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
+    script = str(TESTS / "_ema_trainer_fsdp2.py")
+    subprocess.run([sys.executable, script, str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", script]
+    result = subprocess.run(launch + [str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [(tmp_path / "two" / f"rank{rank}.txt").read_text() for rank in range(2)] == ["DTensor DTensor"] * 2
+    one, two = (load_file(str(tmp_path / run / "ema.safetensors")) for run in ("one", "two"))
+    assert one.keys() == two.keys() and len(one) > 10
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-6, rtol=1e-5, msg=name)
