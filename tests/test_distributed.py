@@ -118,7 +118,7 @@ def test_flow_matching_trainer_keeps_ema_under_fsdp2(tmp_path):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", script]
     result = subprocess.run(launch + [str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [(tmp_path / "two" / f"rank{rank}.txt").read_text() for rank in range(2)] == ["DTensor DTensor"] * 2
+    assert [(tmp_path / "two" / f"rank{rank}.txt").read_text() for rank in range(2)] == ["DTensor DTensor True"] * 2
     one, two = (load_file(str(tmp_path / run / "ema.safetensors")) for run in ("one", "two"))
     assert one.keys() == two.keys() and len(one) > 10
     for name in one:

@@ -153,7 +153,8 @@ class FlowMatchingTrainer(Trainer):
                 "ema_decay > 0 is not supported with DeepSpeed (the EMA copy would be built from unsharded weights "
                 "on every process): set ema_decay=0, or train with FSDP2 or DDP."
             )
-        self.ema = EMAWeights(self.model, args.ema_decay) if args.ema_decay > 0 else None
+        # Under FSDP the averages are built at their first use, after accelerate has sharded the model in train().
+        self.ema = EMAWeights(self.model, args.ema_decay, defer=self.is_fsdp_enabled) if args.ema_decay > 0 else None
         if self.ema is not None:
             self.add_callback(EMACallback(self.ema, self.model))
 

@@ -114,9 +114,11 @@ class EMAWeights:
     """Exponential moving average of the trainable parameters (fp32 copies).
 
     Under FSDP2 the averages are sharded like the model: each process keeps the average of its own
-    shards (the ``DTensor`` parameters' local tensors) and updates it without communication. An EMA
-    built before the model was sharded (as the Trainer does: accelerate shards in ``train()``) is
-    re-laid out as the parameters' shards at its first use.
+    shards (the ``DTensor`` parameters' local tensors) and updates it without communication. With
+    ``defer=True`` the averages are built at their first use (update, load or save), from the
+    parameters as they are then: the trainers defer under FSDP, whose sharding happens in ``train()``,
+    so no process ever holds a full copy. An EMA built before the model was sharded is re-laid out as
+    the parameters' shards at its first update.
 
     Saved as ``ema.safetensors`` beside a checkpoint (gathered into full tensors, written once);
     `state_dict_with_ema` gives the full model state dict with the averaged values substituted (what
@@ -134,12 +136,24 @@ class EMAWeights:
 
     FILE_NAME = "ema.safetensors"
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, *, defer: bool = False):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {decay}.")
         self.decay = decay
+        self._model = model
+        self._shadow: dict[str, torch.Tensor] | None = None if defer else self._averages_of(model)
+
+    @staticmethod
+    def _averages_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         # A DTensor parameter (model already sharded) gives a DTensor average with the same shards.
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """The averages by parameter name (FSDP2: ``DTensor`` shards)."""
+        if self._shadow is None:
+            self._shadow = self._averages_of(self._model)
+        return self._shadow
 
     def _laid_out_like(self, name: str, parameter: torch.Tensor) -> torch.Tensor:
         """The average of ``name``, re-laid out as ``parameter``'s shards if FSDP2 sharded it after this EMA was built."""
@@ -206,6 +220,10 @@ class EMACallback(TrainerCallback):
 
     def __init__(self, ema: EMAWeights, model: torch.nn.Module):
         self.ema, self.model = ema, model
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A deferred EMA starts from the weights training starts with (sharded by now, or restored on resume).
+        _ = self.ema.shadow
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.update(self.model)
