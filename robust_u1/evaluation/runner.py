@@ -55,6 +55,9 @@ class Benchmark(Protocol):
         self, records: list[dict[str, Any]], *, cache_path: Path | None, progress: bool
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
 
+    # Optional: ``check_ready() -> None`` raises when scoring cannot work (e.g. an unreachable judge);
+    # :func:`evaluate_benchmark` calls it before computing any answer.
+
 
 @dataclass
 class BenchmarkResults:
@@ -90,7 +93,10 @@ class BenchmarkResults:
         """Write the results as JSON (dictionary keys become strings, as JSON requires)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        # Written to a temporary name and renamed, so a failure never leaves a truncated file.
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(partial, path)
         return path
 
 
@@ -136,8 +142,17 @@ def evaluate_benchmark(
         raise ValueError(f"Unknown modes {sorted(unknown_modes)}; expected a subset of {MODES}.")
     levels = list(levels) if levels is not None else benchmark.default_levels(degrade)
     cases = benchmark.cases(levels=levels, modes=modes, degrade=degrade, seed=seed)
+    if not cases:
+        raise ValueError(f"{benchmark.name} has nothing to evaluate at levels {list(levels)} in modes {list(modes)}.")
     answers = _process_cache(cache_path)
+    judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
+    if judge_cache is not None and judge_cache.exists():
+        JsonlCache(judge_cache)  # read only after answering: a foreign or damaged file should fail now
     pending = [case for case in cases if _case_key(benchmark, case, seed) not in answers]
+    check_ready = getattr(benchmark, "check_ready", None)
+    if pending and check_ready is not None:
+        # Fail now, not after hours of answering, when e.g. the judge that scores the answers is unreachable.
+        check_ready()
     # Under `accelerate launch` each process answers a contiguous share of what is left (cases sharing an
     # image stay mostly together) into its own cache file; the new answers are gathered once below.
     pending = process_share(pending)
@@ -166,15 +181,24 @@ def evaluate_benchmark(
             "mode": case.mode,
             "seed": seed,
             **case.metadata,
-            **answers.get(_case_key(benchmark, case, seed)),
+            **_cached_answer(answers, _case_key(benchmark, case, seed)),
         }
         for case in cases
     ]
-    judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
     # One process scores (a judge is called once per answer and its cache has one writer); all get the result.
     summary = benchmark.summarize(records, cache_path=judge_cache, progress=progress) if is_main_process() else None
     scored, metrics = broadcast_from_main(summary)
     return BenchmarkResults(benchmark.name, benchmark.kind, model_name, levels, scored, metrics)
+
+
+def _cached_answer(answers: JsonlCache, key: str) -> dict[str, Any]:
+    value = answers.get(key)
+    if not (isinstance(value, dict) and "response" in value):
+        raise ValueError(
+            f"{answers.path}: the entry {key} is not an answer ({str(value)[:60]!r}); is this another kind of "
+            "cache (e.g. the judge's)? Use one answers cache per model."
+        )
+    return value
 
 
 def _case_key(benchmark: Benchmark, case: EvalCase, seed: int) -> str:
