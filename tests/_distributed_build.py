@@ -71,7 +71,7 @@ def main(out_dir):
 
     (out_dir / f"calls.rank{process_index()}.json").write_text(json.dumps(calls))
     if is_main_process():
-        built = {name: stored_rows(rows) for name, rows in (("degraded", degraded), ("recovery", pairs), ("reasoning", reasoning))}
+        built = {"degraded": stored_rows(degraded), "recovery": stored_rows(pairs), "reasoning": stored_rows(reasoning)}
         (out_dir / "results.pkl").write_bytes(pickle.dumps({"eval": results.to_dict(), **built}))
     wait_for_everyone()
 

@@ -13,7 +13,14 @@ from typing import Any, Protocol
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..distributed import broadcast_from_main, gather_objects, is_main_process, num_processes, process_index, process_share
+from ..distributed import (
+    broadcast_from_main,
+    gather_objects,
+    is_main_process,
+    num_processes,
+    process_index,
+    process_share,
+)
 from .cache import JsonlCache, cache_key
 from .protocols import MODES, Answerer, Degrader, Mode
 

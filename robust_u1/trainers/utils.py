@@ -156,7 +156,7 @@ class EMAWeights:
         return self._shadow
 
     def _laid_out_like(self, name: str, parameter: torch.Tensor) -> torch.Tensor:
-        """The average of ``name``, re-laid out as ``parameter``'s shards if FSDP2 sharded it after this EMA was built."""
+        """The average of ``name``, laid out as ``parameter``'s shards if FSDP2 sharded it after this EMA was built."""
         shadow = self.shadow[name]
         if _is_dtensor(parameter) and not _is_dtensor(shadow):
             from torch.distributed.tensor import distribute_tensor
@@ -177,7 +177,10 @@ class EMAWeights:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The averages as full CPU tensors; under FSDP2 a collective: every process must call it."""
-        return {name: (value.full_tensor() if _is_dtensor(value) else value).contiguous().cpu() for name, value in self.shadow.items()}
+        return {
+            name: (value.full_tensor() if _is_dtensor(value) else value).contiguous().cpu()
+            for name, value in self.shadow.items()
+        }
 
     def save(self, folder: str | os.PathLike, write: bool = True) -> None:
         """Writes ``ema.safetensors`` atomically; under FSDP2 call it on every process with ``write`` on one."""
