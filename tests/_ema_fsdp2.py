@@ -3,7 +3,8 @@
 Usage: ``[torchrun --nproc_per_node 2] python tests/_ema_fsdp2.py OUT_DIR``. The EMA is built before the model
 is sharded, as in the Trainer (accelerate shards in ``train()``). After two steps it is saved to
 ``OUT_DIR/checkpoint`` and a second EMA, built from the current weights, is restored from it; both go on for two
-more steps and are saved to ``OUT_DIR/straight`` and ``OUT_DIR/resumed``. Each process writes
+more steps and are saved to ``OUT_DIR/straight`` and ``OUT_DIR/resumed``; the model's state dict with the
+averages substituted goes to ``OUT_DIR/with_ema.safetensors``. Each process writes
 ``OUT_DIR/rank<N>.json`` (how many EMA values it holds itself, and in total).
 """
 
@@ -68,6 +69,11 @@ def main(out_dir):
                 average.update(model)
     ema.save(out_dir / "straight", write=rank == 0)
     resumed.save(out_dir / "resumed", write=rank == 0)
+    with_ema = ema.state_dict_with_ema(model)  # full model state with the averages, gathered on every process
+    if rank == 0:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in with_ema.items()}, str(out_dir / "with_ema.safetensors"))
     local = sum((v.to_local() if hasattr(v, "to_local") else v).numel() for v in ema.shadow.values())
     total = sum(v.numel() for v in ema.shadow.values())
     (out_dir / f"rank{rank}.json").write_text(json.dumps({"local": local, "total": total}))

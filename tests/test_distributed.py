@@ -107,6 +107,12 @@ def test_ema_under_fsdp2_equals_one_process_and_resumes(tmp_path):
             for name, value in ema.items():
                 torch.testing.assert_close(value, one[name], atol=1e-6, rtol=1e-5, msg=f"{run}/{folder} {name}")
     assert not list((tmp_path / "two" / "straight").glob(".*"))  # written once, no temporary left
+    full = [load_file(str(tmp_path / run / "with_ema.safetensors")) for run in ("one", "two")]
+    assert full[0].keys() == full[1].keys() == start.keys() | set(full[0])  # every tensor of the model, whole
+    for name, value in full[0].items():
+        torch.testing.assert_close(full[1][name], value, atol=1e-6, rtol=1e-5, msg=name)
+        if name in one:
+            torch.testing.assert_close(value, one[name], msg=name)
 
 
 

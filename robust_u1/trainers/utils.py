@@ -177,10 +177,7 @@ class EMAWeights:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The averages as full CPU tensors; under FSDP2 a collective: every process must call it."""
-        return {
-            name: (value.full_tensor() if _is_dtensor(value) else value).contiguous().cpu()
-            for name, value in self.shadow.items()
-        }
+        return {name: _full(value).contiguous().cpu() for name, value in self.shadow.items()}
 
     def save(self, folder: str | os.PathLike, write: bool = True) -> None:
         """Writes ``ema.safetensors`` atomically; under FSDP2 call it on every process with ``write`` on one."""
@@ -203,14 +200,20 @@ class EMAWeights:
             _local(shadow).copy_(_local(value))
 
     def state_dict_with_ema(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        for name, value in self.shadow.items():
-            state[name] = value.to(state[name].dtype).cpu()
+        """Full CPU tensors (under FSDP2 a collective: call it on every process)."""
+        state = {k: _full(v.detach()).cpu() for k, v in model.state_dict().items()}
+        for name, value in self.full_state_dict().items():
+            state[name] = value.to(state[name].dtype)
         return state
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:
     return hasattr(tensor, "device_mesh") and hasattr(tensor, "to_local")
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 ``DTensor`` (a collective); a plain tensor itself."""
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
