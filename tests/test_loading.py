@@ -76,16 +76,16 @@ def test_missing_weights_file_is_a_clear_error(parity_dir, tmp_path):
 
 def test_official_load_builds_on_meta_device(parity_dir, monkeypatch):
     """The model is never materialised with random weights before the checkpoint is assigned."""
-    import robust_u1.convert_bagel_weights_to_hf as convert
+    import robust_u1.loading as loading
 
     seen = {}
-    original = convert.load_state_dict_strictly
+    original = loading.check_checkpoint_keys
 
-    def spy(model, state, source):
+    def spy(model, shapes, source, strict=True):
         seen["devices"] = {p.device.type for p in model.parameters()}
-        original(model, state, source)
+        return original(model, shapes, source, strict)
 
-    monkeypatch.setattr(convert, "load_state_dict_strictly", spy)
+    monkeypatch.setattr(loading, "check_checkpoint_keys", spy)
     model = RobustU1ForConditionalGeneration.from_pretrained(parity_dir)
     assert seen["devices"] == {"meta"}
     assert {p.device.type for p in model.parameters()} == {"cpu"}
