@@ -512,8 +512,15 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
                 skeleton.to(dtype)
             kwargs["device_map"] = plan_device_map(skeleton, device_map, kwargs.pop("max_memory", None), dtype)
             del skeleton
-        model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
-        mismatched = [f"{item[0]}: checkpoint {tuple(item[1])} vs model {tuple(item[2])}" if isinstance(item, tuple) else str(item) for item in info.get("mismatched_keys", [])]  # fmt: skip
+        # transformers reports misshaped keys without naming them; we let it load and name them below.
+        accept_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            source, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        mismatched = [
+            f"{item[0]}: checkpoint {tuple(item[1])} vs model {tuple(item[2])}" if isinstance(item, (tuple, list)) else str(item)
+            for item in ([] if accept_mismatched else info.get("mismatched_keys", []))
+        ]
         raise_for_key_problems(str(source), info.get("missing_keys", []) if strict else [], info.get("unexpected_keys", []), mismatched)
         try:
             model.processor = RobustU1Processor.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
