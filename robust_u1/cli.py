@@ -20,7 +20,30 @@ from pathlib import Path
 BUNDLED_MODEL = "tinyworld"
 
 
-def _load(model_name: str, dtype: str | None):
+def _placement(args: argparse.Namespace) -> dict:
+    """``from_pretrained`` keywords of --device-map / --max-memory / --offload-folder / --quantize, checked first."""
+    placement = {}
+    if getattr(args, "max_memory", None):
+        from .loading import parse_max_memory
+
+        placement["max_memory"] = parse_max_memory(args.max_memory)
+    if getattr(args, "device_map", None):
+        placement["device_map"] = args.device_map
+    elif placement:
+        placement["device_map"] = "auto"  # a memory cap means planning a map
+    if getattr(args, "offload_folder", None):
+        placement["offload_folder"] = args.offload_folder
+    if getattr(args, "quantize", None):
+        import torch
+
+        from .loading import quantization_config_for
+
+        compute = getattr(torch, args.dtype) if args.dtype else None
+        placement["quantization_config"] = quantization_config_for(args.quantize, compute)
+    return placement
+
+
+def _load(model_name: str, dtype: str | None, placement: dict | None = None):
     import torch
 
     from .modeling_robust_u1 import RobustU1ForConditionalGeneration
@@ -35,8 +58,9 @@ def _load(model_name: str, dtype: str | None):
         )
         model_name = str(TINYWORLD_CHECKPOINT)
 
-    model = RobustU1ForConditionalGeneration.from_pretrained(model_name, dtype=getattr(torch, dtype) if dtype else None)
-    if torch.cuda.is_available():
+    placement = placement or {}
+    model = RobustU1ForConditionalGeneration.from_pretrained(model_name, dtype=getattr(torch, dtype) if dtype else None, **placement)
+    if torch.cuda.is_available() and not placement:  # a device map or quantizer has placed the weights
         model = model.to("cuda")
     if model.processor is None:
         raise ValueError(f"{model_name} has no processor (tokenizer) files; the CLI needs them.")
@@ -62,7 +86,7 @@ def _recover_kwargs(args) -> dict:
 
 def run_recover(args: argparse.Namespace) -> int:
     image = _open_input(args.input)
-    model = _load(args.model, args.dtype)
+    model = _load(args.model, args.dtype, _placement(args))
     restored = model.recover(image, **_recover_kwargs(args))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     restored.save(args.output)
@@ -72,7 +96,7 @@ def run_recover(args: argparse.Namespace) -> int:
 
 def run_ask(args: argparse.Namespace) -> int:
     image = _open_input(args.image)
-    model = _load(args.model, args.dtype)
+    model = _load(args.model, args.dtype, _placement(args))
     result = model.answer(
         image, args.question, options=args.option or None, recover=not args.no_recover, think=args.think,
         max_new_tokens=args.max_new_tokens, recover_kwargs=_recover_kwargs(args),
@@ -116,7 +140,7 @@ def run_eval(args: argparse.Namespace) -> int:
         degrade = lambda image, level, seed: degrade_at_level(image, level, seed)[0]  # noqa: E731
     if args.limit:
         benchmark.items = benchmark.items[: args.limit]
-    model = _load(args.model, args.dtype)
+    model = _load(args.model, args.dtype, _placement(args))
     answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs={**_recover_kwargs(args), "progress": False})
     output = Path(args.output)
     results = evaluate_benchmark(
@@ -163,6 +187,14 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-text-scale", type=float, default=4.0)
     parser.add_argument("--cfg-img-scale", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    _add_placement_arguments(parser)
+
+
+def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device-map", default=None, help="auto, balanced, sequential or one device (cuda:0, cpu).")
+    parser.add_argument("--max-memory", default=None, help="Per-device caps for the device map, e.g. 0=20GiB,1=20GiB,cpu=64GiB.")
+    parser.add_argument("--offload-folder", default=None, help="Folder for weights the device map puts on disk.")
+    parser.add_argument("--quantize", default=None, choices=["nf4", "int8", "int8-torchao"], help="4-/8-bit weights.")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -375,6 +375,8 @@ def load_official_checkpoint(
     places = set(plan.values())
     if "disk" in places and offload_folder is None:
         raise ValueError("The device map offloads to disk: pass offload_folder= (a folder for the offloaded weights).")
+    if "disk" in places:
+        os.makedirs(offload_folder, exist_ok=True)
     vae_state = _official_vae_state(vae_file, config.vae_config)
     with safe_open(str(weights_file), framework="pt") as f:
         shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
@@ -395,7 +397,6 @@ def load_official_checkpoint(
     if missing:  # strict=False: initialise what the checkpoint lacks, on its place
         _initialise_missing(model, missing, plan, dtype)
     if offload_index:
-        os.makedirs(offload_folder, exist_ok=True)
         save_offload_index(offload_index, str(offload_folder))
     single = len(places) == 1 and "disk" not in places
     model.rebuild_non_persistent_buffers(next(iter(places)) if single else "cpu")
@@ -550,6 +551,41 @@ def _as_place(value):
         if value.startswith("cuda"):
             return int(value.split(":")[1]) if ":" in value else 0
     return value
+
+
+QUANTIZATION_MODES = ("nf4", "int8", "int8-torchao")
+
+
+def quantization_config_for(mode: str, compute_dtype: torch.dtype | None = None):
+    """transformers' quantization config of a CLI mode: ``nf4`` / ``int8`` (bitsandbytes, the official
+    app's modes) or ``int8-torchao`` (torchao int8 weight-only); a missing package is one clear line.
+
+    Example:
+
+    ```python
+    >>> model = RobustU1ForConditionalGeneration.from_pretrained(path, quantization_config=quantization_config_for("nf4"))
+    ```
+    """
+    import importlib.util
+
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"Unknown quantization {mode!r}; choose one of {', '.join(QUANTIZATION_MODES)}.")
+    package = "torchao" if mode == "int8-torchao" else "bitsandbytes"
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(f"--quantize {mode} needs the {package} package: pip install 'robust-u1[quantization]'.")
+    if mode == "int8-torchao":
+        from torchao.quantization import Int8WeightOnlyConfig
+        from transformers import TorchAoConfig
+
+        return TorchAoConfig(Int8WeightOnlyConfig())
+    from transformers import BitsAndBytesConfig
+
+    if mode == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16,
+            bnb_4bit_use_double_quant=False,  # the official app's NF4 settings
+        )  # fmt: skip
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def parse_max_memory(text: str) -> dict:

@@ -475,13 +475,19 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
 
     @classmethod
     def _from_official(cls, folder, strict: bool = True, **kwargs):
-        from .loading import HUB_KWARGS, load_official_checkpoint, official_processor
+        from .loading import HUB_KWARGS, as_dtype, load_official_checkpoint, official_processor
 
         if kwargs.get("quantization_config") is not None:
-            raise ValueError(
-                f"quantization_config needs the Hugging Face layout; {folder} is an official checkpoint: convert it "
-                "once with `robust-u1 convert IN OUT` and load OUT."
-            )
+            # transformers' quantizers replace the Linear layers while loading; they take the official
+            # weights as one state dict (read once, cast to dtype) instead of a file.
+            from .loading import official_config, official_state_dict
+
+            config = official_config(folder)
+            dtype = as_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
+            state = official_state_dict(folder, config, dtype)
+            model = cls._from_hf_layout(None, (), strict, {**kwargs, "config": config, "state_dict": state})
+            model.processor = official_processor(folder)
+            return model
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         placement = {k: kwargs.pop(k, None) for k in ("device_map", "max_memory", "offload_folder")}
         ignored = sorted(set(kwargs) - set(HUB_KWARGS) - {"config", "trust_remote_code", "_from_pipeline", "_from_auto", "_commit_hash"})
@@ -522,10 +528,11 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             for item in ([] if accept_mismatched else info.get("mismatched_keys", []))
         ]
         raise_for_key_problems(str(source), info.get("missing_keys", []) if strict else [], info.get("unexpected_keys", []), mismatched)
+        _use_generic_bnb_cpu_kernel_where_needed(model)
         try:
             model.processor = RobustU1Processor.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
-        except (OSError, ValueError):
-            model.processor = None  # a checkpoint saved without its processor
+        except (OSError, ValueError, TypeError):
+            model.processor = None  # a checkpoint saved without its processor (or weights given as a state dict)
         return (model, info) if return_info else model
 
     @classmethod
@@ -865,6 +872,16 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             losses.append(mse_weight * output.mse_loss)
         output.loss = sum(losses) if losses else None
         return output
+
+
+def _use_generic_bnb_cpu_kernel_where_needed(model: nn.Module) -> None:
+    """bitsandbytes' AVX512-bf16 CPU path for 4-bit layers repacks the weight by blocks of 64 input
+    features and fails on other widths (SigLIP's fc2 has 4304); those layers use its generic CPU path."""
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if getattr(module, "support_avx512bf16_for_cpu", False) and state is not None:
+            if module.in_features % state.blocksize:
+                module.support_avx512bf16_for_cpu = False
 
 
 ATTN_MODE_NAMES = {0: "causal", 1: "full", 2: "noise"}
