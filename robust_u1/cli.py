@@ -177,6 +177,22 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_estimate_memory(args: argparse.Namespace) -> int:
+    if args.image_size < 16:
+        raise ValueError(f"--image-size must be at least 16 pixels, got {args.image_size}.")
+    from .memory import estimate_memory, format_estimates
+
+    modes = [args.quantize] if args.quantize else [None, "int8", "nf4"]
+    estimates = [estimate_memory(args.model, args.image_size, mode, args.dtype) for mode in modes]
+    print(format_estimates(estimates))
+    tokens = estimates[0].tokens
+    print(
+        f"KV tokens: gen {tokens['gen']}, cfg_text {tokens['cfg_text']}, cfg_img {tokens['cfg_img']} "
+        f"({tokens['vae_image']} VAE + {tokens['vit_image']} ViT image tokens); CUDA context (≈0.5 GiB) not included."
+    )
+    return 0
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=BUNDLED_MODEL, help=f"Hub id or folder (default {BUNDLED_MODEL!r}: the bundled TinyWorld model)."
@@ -244,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--results", default=None, help="results.json from `robust-u1 eval`, merged into the model-index.")
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=run_push)
+
+    memory = commands.add_parser("estimate-memory", help="Memory of one recovery, from the config only (no weights read).")
+    memory.add_argument("--model", required=True, help="Hub id or folder, either layout.")
+    memory.add_argument("--image-size", type=int, default=1024, help="Side of the square input image in pixels.")
+    memory.add_argument("--quantize", default=None, choices=["nf4", "int8", "int8-torchao"], help="One mode (default: bf16, INT8, NF4).")
+    memory.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    memory.set_defaults(func=run_estimate_memory)
 
     from .corruptions.cli import add_build_dataset_parser, add_corrupt_parser
 
