@@ -92,14 +92,14 @@ def locate_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs) -> Checkpoi
         return CheckpointLocation(folder_layout(path), path)
     if path.exists():
         raise OSError(f"{text} is a file; pass the checkpoint folder that holds it.")
-    if _looks_like_local_path(text):
+    if looks_like_local_path(text):
         raise OSError(f"No such folder: {text} (and it is not a Hub repository id either); check the path.")
     if hub_offline(hub_kwargs.get("local_files_only", False)):
         return CheckpointLocation(*_cached_snapshot(text, hub_kwargs))
     return _hub_checkpoint(text, hub_kwargs)
 
 
-def _looks_like_local_path(text: str) -> bool:
+def looks_like_local_path(text: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if text.startswith(("/", "./", "../", "~", ".\\")) or "\\" in text or text.count("/") > 1:

@@ -70,14 +70,14 @@ class MemoryEstimate:
 def load_config(name_or_path: str | os.PathLike):
     """The `RobustU1Config` of a folder or Hub id (either layout), reading config files only."""
     from .configuration_robust_u1 import RobustU1Config
-    from .loading import OFFICIAL_CONFIG_FILES, _looks_like_local_path, folder_layout, official_config
+    from .loading import OFFICIAL_CONFIG_FILES, looks_like_local_path, folder_layout, official_config
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return official_config(path) if folder_layout(path) == "official" else RobustU1Config.from_pretrained(path)
     if path.exists():
         raise OSError(f"{name_or_path} is a file; pass the checkpoint folder that holds it.")
-    if _looks_like_local_path(str(name_or_path)):
+    if looks_like_local_path(str(name_or_path)):
         raise OSError(f"No such folder: {name_or_path} (and it is not a Hub repository id either); check the path.")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
