@@ -94,3 +94,31 @@ def test_each_layer_cache_is_made_on_its_layer_device(sources, tmp_path):
     cache = model.new_cache(batch_size=2)
     assert [k[0].device.type for k in cache.keys] == ["cpu", "meta"]
     assert [v[1].device.type for v in cache.values] == ["cpu", "meta"]
+
+
+def test_answer_and_pipeline_run_on_a_dispatched_model(tmp_path):
+    """answer() (recover, then generate over [I_c, I_r, Q]) and the pipeline on a model with layers on disk."""
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    from robust_u1.tiny import tiny_random_model
+
+    plain, processor = tiny_random_model(seed=0)
+    plain.save_pretrained(tmp_path / "tiny")
+    processor.save_pretrained(tmp_path / "tiny")
+    dispatched = RobustU1ForConditionalGeneration.from_pretrained(
+        tmp_path / "tiny", device_map={"": "cpu", "language_model.model.layers.0": "disk", "vae.encoder": "disk"},
+        offload_folder=tmp_path / "offload",
+    )  # fmt: skip
+    assert dispatched.language_model.model.layers[0].self_attn.q_proj.weight.device.type == "meta"
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    kwargs = {"max_new_tokens": 4, "recover_kwargs": {"num_inference_steps": 3, "progress": False, "generator": torch.Generator().manual_seed(0)}}
+    expected = plain.answer(image, "Which?", options=["a", "b"], **kwargs)
+    kwargs["recover_kwargs"]["generator"] = torch.Generator().manual_seed(0)
+    result = dispatched.answer(image, "Which?", options=["a", "b"], **kwargs)
+    assert result.raw_text == expected.raw_text
+    assert np.array_equal(np.asarray(result.recovered_image), np.asarray(expected.recovered_image))
+    kwargs["recover_kwargs"]["generator"] = torch.Generator().manual_seed(0)
+    output = pipeline("robust-vqa", model=dispatched)({"image": image, "question": "Which?", "options": ["a", "b"]}, **kwargs)
+    assert output["answer"] == expected.answer and np.array_equal(np.asarray(output["recovered_image"]), np.asarray(expected.recovered_image))
