@@ -1,4 +1,4 @@
-"""GPU checks of issue 14, prepared for one CUDA GPU (an H100 finishes in about 5 minutes).
+"""GPU checks of issue 14, prepared for one CUDA GPU (sized to finish within 8 minutes on an H100; not yet run).
 
 Run: ``python benchmarks/gpu_check.py`` (``$OUT`` set: also writes ``$OUT/gpu_check.json``).
 Without a CUDA GPU it exits with code 2 and one line; ``--smoke-cpu`` runs every check at toy
