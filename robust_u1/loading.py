@@ -174,6 +174,8 @@ def folder_layout(folder: Path) -> str:
             return "hf"
     if all(name in names for name in OFFICIAL_CONFIG_FILES):
         return "official"
+    if "adapter_config.json" in names:
+        return "hf"  # a PEFT adapter: transformers loads its base model and the adapter
     raise OSError(f"{folder} holds no Robust-U1 checkpoint: {_layout_help()}")
 
 

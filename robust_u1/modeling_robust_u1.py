@@ -502,7 +502,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         from .loading import HUB_KWARGS, as_dtype, hf_weight_files, plan_device_map, raise_for_key_problems
         from .processing_robust_u1 import RobustU1Processor
 
-        if isinstance(source, Path):
+        if isinstance(source, Path) and (source / "config.json").is_file():
             hf_weight_files(source)  # a missing or truncated weight file is named before transformers reads it
         kwargs = cls._with_quantization_skips(kwargs)
         return_info = kwargs.pop("output_loading_info", False)
