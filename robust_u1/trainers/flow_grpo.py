@@ -8,6 +8,7 @@ gradients: clipped policy ratio, plus β·KL to the same model with its LoRA ada
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
+from transformers.utils import logging
 
 from ..flow_grpo_math import (
     clipped_policy_loss,
@@ -27,13 +29,18 @@ from ..flow_grpo_math import (
 from ..generation_robust_u1 import EditContexts, EditInputs
 from ..rewards import compute_rewards, reward_name
 from ..sampling import GuidanceConfig, euler_step, flow_timesteps
+from .flow_matching import _check_finite
 from .utils import (
     ImageBoundsArguments,
+    TrainingSafetyCallback,
     model_for_calls,
     prepare_model_for_training,
+    raise_if_non_finite_loss,
     sample_generator,
     write_training_card,
 )
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -104,6 +111,33 @@ class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
         super().__post_init__()
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
+        for name, low in (("num_generations", 1), ("num_iterations", 1), ("num_inference_steps", 2), ("sde_window_size", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+        if self.num_generations < 2:
+            logger.warning("num_generations=1: every group-relative advantage is 0, so the policy gets no gradient.")
+        for name, low, inclusive in (("beta", 0.0, True), ("epsilon", 0.0, True), ("adv_clip_max", 0.0, False),
+                                     ("timestep_shift", 0.0, False), ("noise_level", 0.0, True),
+                                     ("cfg_text_scale", 0.0, True), ("cfg_img_scale", 0.0, True), ("cfg_renorm_min", 0.0, True)):  # fmt: skip
+            _check_finite(self, name, low, inclusive)
+        if self.epsilon_high is not None:
+            _check_finite(self, "epsilon_high", 0.0)
+        if self.sde_type not in ("sde", "cps"):
+            raise ValueError(f"sde_type must be 'sde' or 'cps', got {self.sde_type!r}.")
+        if self.reward_weights is not None and not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in self.reward_weights
+        ):
+            raise ValueError(f"reward_weights must be finite numbers, got {self.reward_weights!r}.")
+        num_steps = self.num_inference_steps - 1
+        low, high = self.sde_window_range
+        if self.sde_window_size and not (0 <= low <= high - self.sde_window_size and high <= num_steps):
+            raise ValueError(
+                f"sde_window_range {tuple(self.sde_window_range)} must hold a window of sde_window_size="
+                f"{self.sde_window_size} steps within the {num_steps} denoising steps of num_inference_steps="
+                f"{self.num_inference_steps}."
+            )
+        self.guidance()  # validates cfg_interval and cfg_renorm_type now rather than at the first step
         if self.per_device_train_batch_size % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) counts rollouts and must be a "
@@ -223,6 +257,7 @@ class FlowGRPOTrainer(Trainer):
             raise ValueError(f"{len(self.reward_funcs)} reward functions but {len(args.reward_weights)} reward_weights.")
         args.apply_image_bounds(processing_class)
         model = prepare_model_for_training(model, peft_config)
+        callbacks = [TrainingSafetyCallback(), *(callbacks or [])]  # non-finite stop, interrupted checkpoints
         super().__init__(
             model=model, args=args, data_collator=_identity_collator, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks, **kwargs,
@@ -366,6 +401,8 @@ class FlowGRPOTrainer(Trainer):
         for name, values in stats.items():
             self._metrics[name].append(sum(values) / len(values))
         loss = torch.stack(losses).mean()
+        if model.training:
+            raise_if_non_finite_loss(self, loss)
         return (loss, rollouts) if return_outputs else loss
 
     # -- logging and cards ---------------------------------------------------------------------
