@@ -126,7 +126,7 @@ def _cached_snapshot(repo_id: str, hub_kwargs: dict) -> tuple[str, Path]:
     except LocalEntryNotFoundError:
         cache = hub_kwargs.get("cache_dir") or constants.HF_HUB_CACHE
         raise OSError(
-            f"{repo_id} is not in the local Hugging Face cache ({cache}) and the Hub is offline: download it first "
+            f"{repo_id} is neither a local folder nor in the local Hugging Face cache ({cache}), and the Hub is offline: download it first "
             f"with `hf download {repo_id}` where there is internet (and copy the cache here), or pass a local folder."
         ) from None
     return folder_layout(folder), folder

@@ -122,3 +122,32 @@ def test_answer_and_pipeline_run_on_a_dispatched_model(tmp_path):
     kwargs["recover_kwargs"]["generator"] = torch.Generator().manual_seed(0)
     output = pipeline("robust-vqa", model=dispatched)({"image": image, "question": "Which?", "options": ["a", "b"]}, **kwargs)
     assert output["answer"] == expected.answer and np.array_equal(np.asarray(output["recovered_image"]), np.asarray(expected.recovered_image))
+
+
+def test_grpo_rollouts_on_a_dispatched_model(tmp_path):
+    """FlowGRPOTrainer's rollouts (shared prefill, SDE window, log-probs) are identical with a layer on disk."""
+    from datasets import Dataset
+    from helpers import noisy_pairs
+
+    from robust_u1 import FlowGRPOConfig, FlowGRPOTrainer
+    from robust_u1.rewards import SSIMReward
+    from robust_u1.tiny import tiny_random_model
+
+    plain, processor = tiny_random_model(seed=0)
+    plain.save_pretrained(tmp_path / "tiny")
+    processor.save_pretrained(tmp_path / "tiny")
+    dispatched = RobustU1ForConditionalGeneration.from_pretrained(
+        tmp_path / "tiny", device_map={"": "cpu", "language_model.model.layers.1": "disk"}, offload_folder=tmp_path / "offload"
+    )
+    args = FlowGRPOConfig(
+        str(tmp_path / "run"), num_generations=2, per_device_train_batch_size=4, max_steps=1, num_inference_steps=4,
+        sde_window_size=1, sde_window_range=(0, 3), report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        sample_posterior=False, seed=0,
+    )  # fmt: skip
+    rows = [row for row in noisy_pairs(2) for _ in range(2)]
+    rollouts = [
+        FlowGRPOTrainer(model, [SSIMReward()], args, train_dataset=Dataset.from_list(noisy_pairs(2)))._generate(rows)
+        for model in (plain, dispatched)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(rollouts[0].final_latents, rollouts[1].final_latents))
+    assert torch.equal(rollouts[0].old_log_probs, rollouts[1].old_log_probs) and rollouts[0].old_log_probs.abs().sum() > 0

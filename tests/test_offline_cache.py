@@ -96,11 +96,11 @@ def test_uncached_id_is_one_line_naming_it(offline_results):
     results, cache = offline_results
     kind, message = results["org/not-cached"]
     assert kind == "OSError"
-    assert message.startswith(f"org/not-cached is not in the local Hugging Face cache ({cache}) and the Hub is offline")
+    assert message.startswith(f"org/not-cached is neither a local folder nor in the local Hugging Face cache ({cache}), and the Hub is offline")
     assert "hf download org/not-cached" in message and "\n" not in message
     code, stdout, stderr = results["cli_uncached"]
     assert code == 2 and stderr.count("\n") == 1
-    assert stderr.startswith("robust-u1 ask: error: org/not-cached is not in the local Hugging Face cache")
+    assert stderr.startswith("robust-u1 ask: error: org/not-cached is neither a local folder nor in the local Hugging Face cache")
 
 
 def test_cached_repo_without_weights_names_the_file(offline_results):
