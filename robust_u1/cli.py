@@ -175,7 +175,8 @@ def _lazy_answerer(args: argparse.Namespace):
     def answer(image, prompt, options, mode):
         nonlocal answerer
         if answerer is None:
-            model = _load(args.model, args.dtype, getattr(args, "placement", None))
+            placement = getattr(args, "placement", None)
+            model = _load(args.model, args.dtype, placement) if placement else _load(args.model, args.dtype)
             recover_kwargs = {**_recover_kwargs(args), "progress": False}
             answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs=recover_kwargs)
         return answerer(image, prompt, options, mode)
