@@ -149,7 +149,8 @@ def check_split(device) -> None:
         inputs = EditInputs([golden["edit/vae_pixel_values"]], [golden["edit/vit_pixel_values"]], [golden["edit/prompt_ids"]])
         latent = model.recover(inputs, num_inference_steps=8, latents=[golden["edit_full/text_channel/init_noise"]],
                                output_type="latent", sample_posterior=False, progress=False)[0]  # fmt: skip
-        ids = model.generate([[VitImageBlock(golden["edit/vit_pixel_values"]), TextBlock(golden["edit/prompt_ids"])]], max_new_tokens=8)
+        blocks = [VitImageBlock(golden["edit/vit_pixel_values"].to(model.device)), TextBlock(golden["edit/prompt_ids"])]
+        ids = model.generate([blocks], max_new_tokens=8)
         cache = model.new_cache(1)
         return latent.float().cpu(), ids.cpu(), sorted({str(k[0].device) for k in cache.keys})
 
@@ -187,6 +188,7 @@ def check_quantization(device, small: bool, steps: int) -> None:
     from robust_u1.tiny import tiny_processor
 
     config = bagel_width_config(2, 2, small)
+    size = 64 if small else 512
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         model = random_model(config, "cpu")
@@ -207,7 +209,7 @@ def check_quantization(device, small: bool, steps: int) -> None:
 
                 model.processor = RobustU1ImageProcessor()
             weights = torch.cuda.memory_allocated() / GIB if torch.device(device).type == "cuda" else float("nan")
-            run = measured_recover_ids(model, 512 if not small else 64, steps, device)
+            run = measured_recover_ids(model, size, steps, device)
             results[mode] = {"weights_gib": weights, **{k: v for k, v in run.items() if k != "latent"}, "latent": run["latent"]}
             del model
     reference = results["bf16"].pop("latent")
@@ -217,7 +219,7 @@ def check_quantization(device, small: bool, steps: int) -> None:
     REPORT["quantization"] = results
     for mode, r in results.items():
         extra = f", latent max rel Δ vs bf16 {r['latent_rel_deviation']:.1e}" if "latent_rel_deviation" in r else ""
-        log(f"quantize   {mode:>4}: weights {r['weights_gib']:.2f} GiB, recover() 512² peak {r['peak_gib']:.2f} GiB, "
+        log(f"quantize   {mode:>4}: weights {r['weights_gib']:.2f} GiB, recover() {size}² peak {r['peak_gib']:.2f} GiB, "
             f"{r['per_step_ms']:.0f} ms/step ({results['bf16']['per_step_ms'] / r['per_step_ms']:.2f}× bf16 speed){extra}")  # fmt: skip
 
 
