@@ -686,7 +686,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         embed_tokens = self.language_model.model.embed_tokens
 
         vit_blocks = [b for b in blocks if isinstance(b, VitImageBlock)]
-        vit_embeds = self.embed_vit_images([b.pixel_values for b in vit_blocks])[0] if vit_blocks else None
+        vit_embeds = self.embed_vit_images([b.pixel_values.to(device) for b in vit_blocks])[0] if vit_blocks else None
         vit_offset = 0
 
         embeds, positions, gen_masks, modes, advances = [], [], [], [], []
