@@ -109,3 +109,54 @@ def test_cached_repo_without_weights_names_the_file(offline_results):
     assert kind == "FileNotFoundError" and "has config.json but no weights: expected model.safetensors" in message
     kind, message = results["org/official-no-weights"]
     assert kind == "FileNotFoundError" and "expected one of ema.safetensors, model.safetensors, model_bf16.safetensors" in message
+
+
+@pytest.fixture
+def online_hub(monkeypatch, tmp_path):
+    """The online path with the Hub's file listing and download replaced (no network in tests)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    listings, downloads = {}, []
+
+    def list_repo_files(self, repo_id, revision=None):
+        if repo_id not in listings:
+            import httpx
+            from huggingface_hub.errors import RepositoryNotFoundError
+
+            response = httpx.Response(404, request=httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}"))
+            raise RepositoryNotFoundError(f"404 {repo_id}", response=response)
+        return listings[repo_id]
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        downloads.append((repo_id, allow_patterns))
+        return str(tmp_path)
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return listings, downloads
+
+
+def test_online_repos_without_weights_name_the_missing_file(online_hub):
+    from robust_u1.loading import locate_checkpoint
+
+    listings, downloads = online_hub
+    listings["org/official-no-weights"] = ["llm_config.json", "vit_config.json", "ae.safetensors"]  # was a bare StopIteration
+    with pytest.raises(FileNotFoundError, match=r"^org/official-no-weights has the official config files but no weights: expected one of ema.safetensors"):
+        locate_checkpoint("org/official-no-weights")
+    listings["org/official-no-vae"] = ["llm_config.json", "vit_config.json", "ema.safetensors"]
+    with pytest.raises(FileNotFoundError, match=r"^org/official-no-vae has no VAE: expected ae.safetensors"):
+        locate_checkpoint("org/official-no-vae")
+    listings["org/config-only"] = ["config.json", "tokenizer.json"]
+    with pytest.raises(FileNotFoundError, match=r"^org/config-only has config.json but no weights: expected model.safetensors"):
+        locate_checkpoint("org/config-only")
+    with pytest.raises(OSError, match=r"^org/missing is neither a local folder nor a Hub repository you can read"):
+        locate_checkpoint("org/missing")
+    assert downloads == []  # nothing is downloaded before the listing says the checkpoint is complete
+    listings["org/release"] = ["llm_config.json", "vit_config.json", "ae.safetensors", "model_bf16.safetensors", "README.md"]
+    location = locate_checkpoint("org/release")
+    assert location.layout == "official"
+    assert downloads == [("org/release", ["*.json", "*.txt", "*.model", "ae.safetensors", "model_bf16.safetensors"])]
+    listings["org/hf"] = ["config.json", "model.safetensors"]
+    assert tuple(locate_checkpoint("org/hf")) == ("hf", None)  # transformers downloads it itself
