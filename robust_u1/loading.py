@@ -556,6 +556,7 @@ def _as_place(value):
 
 
 QUANTIZATION_MODES = ("nf4", "int8", "int8-torchao")
+BNB_CPU_VERSION = "0.50"  # the first bitsandbytes these CPU tests ran NF4 / INT8 with
 
 
 def quantization_config_for(mode: str, compute_dtype: torch.dtype | None = None):
@@ -580,8 +581,17 @@ def quantization_config_for(mode: str, compute_dtype: torch.dtype | None = None)
         from transformers import TorchAoConfig
 
         return TorchAoConfig(Int8WeightOnlyConfig())
+    from importlib.metadata import version
+
+    from packaging.version import Version
     from transformers import BitsAndBytesConfig
 
+    installed = version("bitsandbytes")
+    if Version(installed) < Version(BNB_CPU_VERSION) and not torch.cuda.is_available():
+        raise ValueError(
+            f"--quantize {mode} on a CPU needs bitsandbytes ≥ {BNB_CPU_VERSION} (installed: {installed}; older releases "
+            "quantize on a CUDA GPU only): pip install -U bitsandbytes, or use --quantize int8-torchao."
+        )
     if mode == "nf4":
         return BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16,

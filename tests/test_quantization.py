@@ -125,3 +125,13 @@ def test_missing_quantization_package_is_one_line(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
     with pytest.raises(ValueError, match=r"^--quantize nf4 needs the bitsandbytes package: pip install 'robust-u1\[quantization\]'\.$"):
         quantization_config_for("nf4")
+
+
+def test_old_bitsandbytes_on_a_cpu_is_one_line(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.45.0" if name == "bitsandbytes" else real(name))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^--quantize int8 on a CPU needs bitsandbytes ≥ 0.50 \(installed: 0.45.0; older releases quantize on a CUDA GPU only\)"):
+        quantization_config_for("int8")
