@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -58,10 +60,23 @@ def convert_bagel_checkpoint(
     folder = location.folder
     model = load_official_checkpoint(folder, RobustU1ForConditionalGeneration, dtype=dtype)
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir, max_shard_size=max_shard_size)
-    processor = official_processor(folder)
-    if processor is not None:
-        processor.save_pretrained(output_dir)
+    # Written to a sibling folder and renamed, so a failure never leaves a half-written checkpoint.
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        processor = official_processor(folder)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        if output_dir.exists():
+            previous = output_dir.with_name(f"{staging.name}.old")
+            os.replace(output_dir, previous)
+            os.replace(staging, output_dir)
+            shutil.rmtree(previous)
+        else:
+            os.replace(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
 

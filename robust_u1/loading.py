@@ -601,7 +601,15 @@ def quantization_config_for(mode: str, compute_dtype: torch.dtype | None = None)
 
 
 def parse_max_memory(text: str) -> dict:
-    """``"0=20GiB,1=20GiB,cpu=64GiB"`` → ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}`` (the CLI's ``--max-memory``)."""
+    """``"0=20GiB,1=20GiB,cpu=64GiB"`` → ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}`` (the CLI's ``--max-memory``).
+
+    Example:
+
+    ```python
+    >>> parse_max_memory("0=20GiB,cpu=64GiB")
+    {0: '20GiB', 'cpu': '64GiB'}
+    ```
+    """
     from accelerate.utils import convert_file_size_to_int
 
     limits = {}
@@ -620,7 +628,15 @@ def parse_max_memory(text: str) -> dict:
 
 
 def module_execution_device(module: torch.nn.Module) -> torch.device | None:
-    """Where ``module`` computes: accelerate's hook device when dispatched, else its first tensor's device."""
+    """Where ``module`` computes: accelerate's hook device when dispatched, else its first tensor's device.
+
+    Example:
+
+    ```python
+    >>> module_execution_device(model.language_model.model.layers[27])  # offloaded to disk, run on GPU 0
+    device(type='cuda', index=0)
+    ```
+    """
     hook = getattr(module, "_hf_hook", None)
     device = getattr(hook, "execution_device", None)
     if device is None:

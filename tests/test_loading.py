@@ -214,3 +214,22 @@ def test_modeling_and_conversion_share_a_loading_module_without_a_cycle():
     assert "loading" in imported("modeling_robust_u1") and "loading" in imported("convert_bagel_weights_to_hf")
     assert "convert_bagel_weights_to_hf" not in imported("modeling_robust_u1")
     assert not {"modeling_robust_u1", "convert_bagel_weights_to_hf"} & imported("loading")
+
+
+def test_conversion_replaces_an_existing_output_only_when_complete(parity_dir, tmp_path, monkeypatch):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    convert_bagel_checkpoint(parity_dir, out)
+    assert not (out / "stale.txt").exists() and (out / "model.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no staging folder left
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(RobustU1ForConditionalGeneration, "save_pretrained", fail)
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(OSError, match="disk full"):
+        convert_bagel_checkpoint(parity_dir, out)
+    assert (out / "model.safetensors").read_bytes() == before  # the previous conversion is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
