@@ -137,6 +137,10 @@ def evaluate_benchmark(
     answered, so a crashed run restarts where it stopped. Use one cache file per model.
     ``oracle`` answers do not depend on the level and are computed once, at the clean level.
 
+    Under ``accelerate launch`` / ``torchrun`` each process answers a contiguous share of the pending
+    cases into ``<cache stem>.process<rank>.jsonl``; the answers are gathered once, the main process
+    scores them (judge calls included) and every process returns the same results, equal to one process's.
+
     Example:
         >>> from robust_u1.evaluation import load_mcq_benchmark
         >>> bench = load_mcq_benchmark("tests/fixtures/eval/mmmb_tiny.tsv", name="MMMB")  # doctest: +SKIP
