@@ -23,8 +23,8 @@ from robust_u1.evaluation import evaluate_benchmark, load_mcq_benchmark  # noqa:
 from robust_u1.tiny import tiny_random_model  # noqa: E402
 
 
-def test_two_processes_build_and_evaluate_like_one(tmp_path):
-    _distributed_build.main(tmp_path / "one")  # one process, in this interpreter
+def test_two_processes_build_and_evaluate_like_one(tmp_path, single_thread):
+    _distributed_build.main(tmp_path / "one")  # one process, in this interpreter, one thread like the two below
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent)}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     result = subprocess.run(
