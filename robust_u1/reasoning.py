@@ -48,6 +48,7 @@ from transformers import TrainingArguments
 
 from .collators import PackedBatchBuilder, TextItem, VitItem
 from .data.caching import cached_map, fingerprint
+from .distributed import check_shared_cache, gather_datasets, process_share
 from .prompting import THINK_SYSTEM_PROMPT, build_question_prompt, format_reply, normalize_options, parse_choice_string
 from .trainers.utils import sample_generator
 
@@ -185,8 +186,11 @@ def build_reasoning_dataset(
         sorted(recover_kwargs.items()),
         seed,
     )
+    # Under `accelerate launch` each process maps a contiguous share of the shards (same shard bounds and
+    # cache names as one process, so a run resumes whatever the process count) and the shares are gathered.
+    check_shared_cache(dataset, cache_dir)
     shards = []
-    for start in range(0, len(dataset), rows_per_shard):
+    for start in process_share(range(0, len(dataset), rows_per_shard)):
         stop = min(start + rows_per_shard, len(dataset))
         shard = dataset.select(range(start, stop))
         shard_key = f"{key}-{start:09d}-{stop:09d}"
@@ -216,7 +220,7 @@ def build_reasoning_dataset(
                 desc=f"Recovering images (rows {start}-{stop - 1} of {len(dataset)})",
             )
         )
-    return datasets.concatenate_datasets(shards)
+    return gather_datasets(shards)
 
 
 def _recover_batch(

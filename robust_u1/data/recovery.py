@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
+from ..distributed import check_shared_cache, gather_datasets, num_processes, process_bounds
 from ..image_utils import open_image, save_image, to_rgb_image
 from ..prompting import RECOVERY_PROMPT
 from .caching import cached_map, fingerprint
@@ -112,8 +113,15 @@ def build_recovery_dataset(
         samples_per_image,
         base_seed,
     )
-    return cached_map(
-        dataset,
+    # Under `accelerate launch` each process corrupts its contiguous share of the source images (row
+    # (i, s) keeps its seed [seed, i, s]) and the shares are gathered, equal to the one-process result.
+    check_shared_cache(dataset, cache_dir)
+    start, stop = process_bounds(len(dataset))
+    share = dataset
+    if num_processes() > 1:
+        share, key = dataset.select(range(start, stop)), f"{key}-{start:09d}-{stop:09d}"
+    pairs = cached_map(
+        share,
         _corrupt_batch,
         prefix="recovery",
         key=key,
@@ -129,9 +137,11 @@ def build_recovery_dataset(
             "seed": base_seed,
             "samples_per_image": samples_per_image,
             "image_column": image_column,
+            "first_index": start,
         },
         desc="Corrupting images",
     )
+    return gather_datasets([pairs])
 
 
 def _corrupt_batch(
@@ -142,9 +152,10 @@ def _corrupt_batch(
     seed: int,
     samples_per_image: int,
     image_column: str,
+    first_index: int = 0,
 ) -> dict[str, list]:
     rows: dict[str, list] = {name: [] for name in RECOVERY_FEATURES}
-    for image, index in zip(batch[image_column], indices):
+    for image, index in zip(batch[image_column], (first_index + local for local in indices)):
         # The library's input rule (alpha on white, 16-bit rescaled); the result is a copy without
         # the file reference, so datasets stores the clean pixels as PNG.
         clean = to_rgb_image(image)
