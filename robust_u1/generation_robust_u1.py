@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,6 +16,7 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.generation.streamers import BaseStreamer
 
 from .evaluation.options import extract_option, final_answer_text, strip_reasoning
 from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
@@ -242,7 +244,7 @@ class RobustU1GenerationMixin:
     @torch.no_grad()
     def generate(
         self,
-        inputs: Sequence[Sequence[Any]] | Sequence[Any],
+        inputs: Sequence[Sequence[Any]] | Sequence[Any] | Mapping[str, Any] | None = None,
         processor=None,
         max_new_tokens: int = 512,
         do_sample: bool = False,
@@ -251,6 +253,7 @@ class RobustU1GenerationMixin:
         top_k: int = 0,
         think: bool = False,
         generator: torch.Generator | None = None,
+        streamer: BaseStreamer | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """Generates text after interleaved images and texts, BAGEL-style, with a KV cache.
@@ -258,9 +261,16 @@ class RobustU1GenerationMixin:
         Args:
             inputs: one interleaved list, or a batch of them: ``str`` items are text pieces, other
                 items are images (PIL, arrays, tensors, `pathlib.Path`), or already-built blocks
-                (`TextBlock`, `VitImageBlock`). Sequences may differ in structure.
+                (`TextBlock`, `VitImageBlock`). Sequences may differ in structure. Also the
+                `BatchFeature` of ``processor(text=..., images=...)`` / ``processor.apply_chat_template(...,
+                tokenize=True, return_dict=True)``, as ``generate(inputs)`` or ``generate(**inputs)``.
             max_new_tokens, do_sample, temperature, top_p, top_k: as in transformers' `generate`.
             think: prepend BAGEL's think system prompt (reasoning inside ``<think>…</think>``).
+            streamer: a transformers streamer (`TextStreamer`, `TextIteratorStreamer`): as in
+                transformers' `generate`, it first receives the prompt's text ids (dropped with
+                ``skip_prompt=True``), then every new token as it is produced, then ``end()`` (also
+                when generation fails, so a consumer thread never hangs). Streamers take one
+                sequence, so a batch of several is an error.
 
         Returns:
             Token ids [B, T] starting after ``<|im_start|>``, each sequence stopped at (and including)
@@ -271,12 +281,27 @@ class RobustU1GenerationMixin:
         ```python
         >>> ids = model.generate([image, "What is in this picture?"], processor=processor, max_new_tokens=64)
         >>> processor.batch_decode(ids)[0]
+        >>> from transformers import TextStreamer
+        >>> model.generate([image, "What is in this picture?"], streamer=TextStreamer(processor.tokenizer, skip_prompt=True))
         ```
         """
+        processor = processor or self.processor
+        feature_keys = {"input_ids", "attention_mask", "pixel_values"}
+        if inputs is None and "input_ids" in kwargs:  # generate(**processor(...))
+            inputs = {key: kwargs.pop(key) for key in feature_keys & set(kwargs)}
         if kwargs:
             raise TypeError(f"Unsupported generate() arguments: {sorted(kwargs)}")
-        processor = processor or self.processor
-        batch = [inputs] if not inputs or not isinstance(inputs[0], (list, tuple)) else list(inputs)
+        if isinstance(inputs, Mapping):  # a processor's BatchFeature: interleaved blocks per sequence
+            if processor is None:
+                raise ValueError("Processor outputs need the processor to read them: pass `processor=` or set `model.processor`.")
+            batch = processor.features_to_blocks(inputs)
+        else:
+            batch = [inputs] if not inputs or not isinstance(inputs[0], (list, tuple)) else list(inputs)
+        if streamer is not None and len(batch) != 1:
+            raise ValueError(
+                f"streamer= takes one sequence (transformers' streamers support batch size 1), got a batch of {len(batch)}: "
+                "call generate() once per input to stream each."
+            )
         sequences = [self._as_blocks(items, processor, think) for items in batch]
         cache = self.new_cache(len(sequences))
         for step in range(max(len(blocks) for blocks in sequences)):
@@ -297,18 +322,27 @@ class RobustU1GenerationMixin:
         tokens = torch.full((len(sequences),), self.config.bos_token_id, device=self.device)
         finished = torch.zeros(len(sequences), dtype=torch.bool, device=self.device)
         generated = []
-        for _ in range(max_new_tokens):
-            logits = self.next_token_logits(cache, tokens).float()
-            if do_sample:
-                probs = warpers(None, logits).softmax(-1)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            else:
-                tokens = logits.argmax(-1)
-            tokens = torch.where(finished, torch.full_like(tokens, eos), tokens)
-            generated.append(tokens)
-            finished |= tokens == eos
-            if finished.all():
-                break
+        if streamer is not None:  # transformers' generate puts the prompt first; skip_prompt=True drops it
+            prompt_ids = [torch.as_tensor(b.ids, dtype=torch.long) for b in sequences[0] if isinstance(b, TextBlock)]
+            streamer.put(torch.cat(prompt_ids)[None] if prompt_ids else torch.zeros(1, 0, dtype=torch.long))
+        try:
+            for _ in range(max_new_tokens):
+                logits = self.next_token_logits(cache, tokens).float()
+                if do_sample:
+                    probs = warpers(None, logits).softmax(-1)
+                    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                else:
+                    tokens = logits.argmax(-1)
+                tokens = torch.where(finished, torch.full_like(tokens, eos), tokens)
+                generated.append(tokens)
+                if streamer is not None:
+                    streamer.put(tokens.cpu())
+                finished |= tokens == eos
+                if finished.all():
+                    break
+        finally:
+            if streamer is not None:
+                streamer.end()
         return torch.stack(generated, dim=1)
 
     def _as_blocks(self, items: Sequence[Any], processor, think: bool) -> list[Block]:
