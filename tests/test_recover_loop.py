@@ -1,0 +1,147 @@
+"""recover()'s denoising loop: step callbacks (diffusers-style), early stop, previews, and up-front validation."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robust_u1.tiny import tiny_random_model
+
+STEPS = 6  # 5 denoising steps
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_random_model(seed=0)
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8))
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def run(model, image, seed=0, **kwargs):
+    kwargs = {"num_inference_steps": STEPS, "progress": False, "output_type": "latent", **kwargs}
+    return model.recover(image, generator=seeded(seed), **kwargs)
+
+
+def count_velocity_calls(model, monkeypatch):
+    calls = []
+    original = type(model).guided_velocities
+
+    def counting(self, contexts, latents, t, guidance):
+        calls.append(t)
+        return original(self, contexts, latents, t, guidance)
+
+    monkeypatch.setattr(type(model), "guided_velocities", counting)
+    return calls
+
+
+def test_callback_sees_every_step_with_index_time_and_requested_tensors(tiny, image):
+    model, _ = tiny
+    seen = []
+
+    def callback(pipe, step_index, t, callback_kwargs):
+        assert pipe is model
+        seen.append((step_index, t, sorted(callback_kwargs)))
+        return {}
+
+    run(model, image, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "velocities"])
+    from robust_u1.sampling import flow_timesteps
+
+    schedule = flow_timesteps(STEPS, 3.0).tolist()
+    assert [s[0] for s in seen] == list(range(STEPS - 1))
+    assert [s[1] for s in seen] == pytest.approx(schedule[:-1])
+    assert all(s[2] == ["latents", "velocities"] for s in seen)
+
+
+def test_interrupt_stops_early_and_decodes_the_current_latents(tiny, image, monkeypatch):
+    model, _ = tiny
+    captured = {}
+
+    def stop_after_two(pipe, step_index, t, callback_kwargs):
+        captured[step_index] = [x.clone() for x in callback_kwargs["latents"]]
+        return {"interrupt": step_index == 1}
+
+    calls = count_velocity_calls(model, monkeypatch)
+    latent = run(model, image, callback_on_step_end=stop_after_two)
+    assert len(calls) == 2 and sorted(captured) == [0, 1]  # 2 of the 5 steps ran
+    torch.testing.assert_close(latent, model.tokens_to_latent(captured[1][0], (2, 3)), atol=0, rtol=0)
+    full = run(model, image)
+    assert not torch.allclose(latent, full, atol=1e-3)
+
+
+def test_returned_latents_replace_the_current_ones(tiny, image):
+    model, _ = tiny
+
+    def zero_at_the_end(pipe, step_index, t, callback_kwargs):
+        if step_index == STEPS - 2:
+            return {"latents": [torch.zeros_like(x) for x in callback_kwargs["latents"]]}
+        return None
+
+    latent = run(model, image, callback_on_step_end=zero_at_the_end)
+    assert torch.equal(latent, torch.zeros_like(latent))
+    decoded = run(model, image, callback_on_step_end=zero_at_the_end, output_type="pt")
+    expected = (model.decode_latents(torch.zeros_like(latent)[None])[0] * 0.5 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(decoded, expected, atol=1e-6, rtol=0)
+
+    # Mid-run: swapping in another run's latents after step 1 gives that run's result.
+    other = {}
+
+    def record(pipe, step_index, t, callback_kwargs):
+        other[step_index] = [x.clone() for x in callback_kwargs["latents"]]
+
+    # (the mode of the posterior, so that both runs share their context and differ only in their noise)
+    target = run(model, image, seed=7, callback_on_step_end=record, sample_posterior=False)
+    swap = lambda p, i, t, kw: {"latents": other[1]} if i == 1 else {}  # noqa: E731
+    swapped = run(model, image, seed=0, callback_on_step_end=swap, sample_posterior=False)
+    torch.testing.assert_close(swapped, target, atol=1e-6, rtol=0)
+    assert not torch.allclose(run(model, image, seed=0, sample_posterior=False), target, atol=1e-3)
+
+
+def test_denoised_preview_of_the_last_step_is_the_final_image(tiny, image):
+    model, _ = tiny
+    previews = []
+
+    def preview(pipe, step_index, t, callback_kwargs):
+        previews.append(pipe.preview_latents(callback_kwargs["denoised"], callback_kwargs["grids"])[0])
+
+    final = run(model, image, output_type="pil", callback_on_step_end=preview, callback_on_step_end_tensor_inputs=["denoised", "grids"])
+    assert len(previews) == STEPS - 1 and all(isinstance(p, Image.Image) and p.size == image.size for p in previews)
+    # the last step goes to t = 0, where the predicted clean latents are the Euler result
+    assert np.abs(np.asarray(previews[-1]).astype(int) - np.asarray(final).astype(int)).max() <= 1
+
+
+def test_callback_inputs_are_checked_before_any_model_work(tiny, image, monkeypatch):
+    model, _ = tiny
+    calls = count_velocity_calls(model, monkeypatch)
+    with pytest.raises(ValueError, match=r"\['prompt_embeds'\] are not available; choose among \['latents', 'velocities', 'denoised', 'grids'\]"):
+        run(model, image, callback_on_step_end=lambda *a: None, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])
+    with pytest.raises(TypeError, match="callback_on_step_end must be callable, got str"):
+        run(model, image, callback_on_step_end="print")
+    with pytest.raises(ValueError, match=r"returned latents of shapes \[\(3, 64\)\] at step 0; expected \[\(6, 64\)\]"):
+        run(model, image, callback_on_step_end=lambda p, i, t, kw: {"latents": [torch.zeros(3, 64)]})
+    assert len(calls) == 1  # only the last call ran a step
+
+
+def test_a_diffusers_style_callback_object_declares_its_inputs(tiny, image):
+    model, _ = tiny
+
+    class KeepLatents:
+        tensor_inputs = ["velocities"]
+
+        def __init__(self):
+            self.keys = []
+
+        def __call__(self, pipe, step_index, t, callback_kwargs):
+            self.keys.append(sorted(callback_kwargs))
+            return {}
+
+    callback = KeepLatents()
+    run(model, image, callback_on_step_end=callback)
+    assert callback.keys == [["velocities"]] * (STEPS - 1)
