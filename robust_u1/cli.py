@@ -4,6 +4,7 @@
 robust-u1 recover corrupted.png restored.png --steps 50
 robust-u1 ask corrupted.png "What animal is shown?" --option dog --option cat --save-recovered restored.png
 robust-u1 convert /path/to/BAGEL-7B-MoT ./bagel-7b-hf --dtype bfloat16
+robust-u1 demo --port 7860            # the interactive demo (pip install "robust-u1[demo]")
 ```
 
 Every command takes ``--model`` (a Hub id or folder, official or Hugging Face layout). Without it the
@@ -143,6 +144,21 @@ def _judge(args):
     return TransformersJudge(args.judge_model)
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1 (runs of the model at a time), got {args.concurrency}.")
+    try:
+        import gradio  # noqa: F401  (checked before loading the model)
+    except ImportError:
+        raise ValueError('the demo needs Gradio: pip install "robust-u1[demo]"') from None
+    from .demo import launch_demo
+
+    model = _load(args.model, args.dtype)
+    print(f"Robust-U1 demo of {args.model} on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
+    launch_demo(model, model.processor, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
+    return 0
+
+
 def run_push(args: argparse.Namespace) -> int:
     from .evaluation import read_json
     from .hub import push_artifact
@@ -212,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--results", default=None, help="results.json from `robust-u1 eval`, merged into the model-index.")
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=run_push)
+
+    demo = commands.add_parser("demo", help='Serve the interactive demo (Gradio; pip install "robust-u1[demo]").')
+    demo.add_argument(
+        "--model", default=BUNDLED_MODEL, help=f"Hub id or folder (default {BUNDLED_MODEL!r}: the bundled TinyWorld model)."
+    )
+    demo.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    demo.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for every interface).")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true", help="Also serve through a public gradio.live link.")
+    demo.add_argument("--concurrency", type=int, default=1, help="Runs of the model at a time; other users wait in the queue.")
+    demo.set_defaults(func=run_demo)
 
     from .corruptions.cli import add_build_dataset_parser, add_corrupt_parser
 

@@ -31,6 +31,12 @@ TINYWORLD_EXAMPLES = [
 ]
 """Examples for the bundled TinyWorld model (32×32 images of coloured shapes)."""
 
+DEMO_CSS = """
+.robust-u1-small img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+"""
+"""Page style (Gradio 6 takes CSS in ``launch(css=...)``): small images (TinyWorld's 32×32) are shown
+enlarged with visible pixels instead of as a blurred thumbnail."""
+
 DESCRIPTION = """\
 **Robust-U1** recovers a corrupted image with the model's own image generator (I_r from I_c), then
 answers a multiple-choice question by reasoning over the corrupted image, the recovered image and the
@@ -130,6 +136,8 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
     corruption_names = [NO_CORRUPTION, *(name for names in list_corruptions().values() for name in names)]
     ImageUpload = _image_upload_class(gr)
     image_files = _ImageFiles()
+    image_processor = getattr(processor, "image_processor", None)
+    small = ["robust-u1-small"] if getattr(image_processor, "vae_max_size", 1024) <= 128 else None
 
     def run(image, corruption, level, question, options, compare, seed, cfg_text_scale, cfg_img_scale, cfg_interval_low,
             cfg_interval_high, cfg_renorm_type, cfg_renorm_min, num_inference_steps, timestep_shift, do_sample, max_new_tokens,
@@ -169,7 +177,7 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
         gr.Markdown(f"# {title}\n\n{DESCRIPTION}")
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageUpload(label="Input image", type="pil", image_mode=None, sources=["upload", "clipboard"], height=256, elem_id="input-image")
+                image = ImageUpload(label="Input image", type="pil", image_mode=None, sources=["upload", "clipboard"], height=256, elem_id="input-image", elem_classes=small)
                 with gr.Row():
                     corruption = gr.Dropdown(corruption_names, value=NO_CORRUPTION, label="Corrupt it first", elem_id="corruption")
                     level = gr.Radio(list(LEVEL_NAMES), value="mid", label="Corruption level", elem_id="level")
@@ -197,8 +205,8 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
                 run_button = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Column(scale=1):
                 with gr.Row():
-                    shown_input = gr.Image(label="Model input I_c", interactive=False, height=256, elem_id="shown-input")
-                    recovered = gr.Image(label="Recovered image I_r", interactive=False, height=256, elem_id="recovered")
+                    shown_input = gr.Image(label="Model input I_c", interactive=False, height=256, elem_id="shown-input", elem_classes=small)
+                    recovered = gr.Image(label="Recovered image I_r", interactive=False, height=256, elem_id="recovered", elem_classes=small)
                 status = gr.Textbox(label="Progress", interactive=False, elem_id="status")
                 reasoning = gr.Textbox(label="Reasoning (streamed)", lines=5, interactive=False, elem_id="reasoning")
                 answer = gr.Textbox(label="Answer (option)", interactive=False, elem_id="answer")
@@ -243,5 +251,5 @@ def launch_demo(
         raise ValueError(f"concurrency must be a whole number ≥ 1, got {concurrency!r}.")
     demo = build_demo(model, processor, **build_kwargs)
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue_size)
-    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, show_error=True)
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock, show_error=True, css=DEMO_CSS)
     return demo
