@@ -24,6 +24,7 @@ _LAZY_ATTRIBUTES = {
     "build_demo": ".app",
     "launch_demo": ".app",
     "TINYWORLD_EXAMPLES": ".app",
+    "DEMO_CSS": ".app",
     "DemoRequest": ".inference",
     "DemoState": ".inference",
     "DemoInputError": ".inference",
