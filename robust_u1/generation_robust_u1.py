@@ -602,6 +602,8 @@ class RobustU1GenerationMixin:
             inputs = {key: kwargs.pop(key) for key in feature_keys & set(kwargs)}
         if kwargs:
             raise TypeError(f"Unsupported generate() arguments: {sorted(kwargs)}")
+        if inputs is None:
+            raise ValueError("generate() needs inputs: an interleaved list of images and texts, or a processor's BatchFeature.")
         if isinstance(inputs, Mapping):  # a processor's BatchFeature: interleaved blocks per sequence
             if processor is None:
                 raise ValueError("Processor outputs need the processor to read them: pass `processor=` or set `model.processor`.")

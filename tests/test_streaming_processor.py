@@ -207,3 +207,16 @@ def test_chat_template_is_saved_with_the_processor(tinyworld, tmp_path):
     reloaded = RobustU1Processor.from_pretrained(tmp_path)
     messages = _messages(text=QUESTION)
     assert reloaded.apply_chat_template(messages, options=OPTIONS) == processor.apply_chat_template(messages, options=OPTIONS)
+
+
+def test_malformed_processor_features_and_missing_inputs_are_errors(tinyworld, corrupted):
+    model, processor = tinyworld
+    word = processor.encode_text("red").tolist()
+    with pytest.raises(ValueError, match=r"sequence 0 have token \d+ outside a <\|im_start\|>…<\|im_end\|> piece"):
+        model.generate({"input_ids": [word]})
+    features = processor(text=IMAGE_PLACEHOLDER * 2 + "Hi", images=[corrupted, corrupted])
+    features["pixel_values"] = features["pixel_values"][:1]
+    with pytest.raises(ValueError, match="input_ids have more image placeholders than pixel_values has images"):
+        model.generate(**features)
+    with pytest.raises(ValueError, match=r"generate\(\) needs inputs"):
+        model.generate()

@@ -14,7 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .inference import LEVEL_NAMES, NO_CORRUPTION, DemoInputError, DemoRequest, answer_defaults, recover_defaults, stream_demo
+from .inference import (
+    LEVEL_NAMES,
+    MIN_IMAGE_SIDE,
+    NO_CORRUPTION,
+    DemoInputError,
+    DemoRequest,
+    answer_defaults,
+    recover_defaults,
+    stream_demo,
+)
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -170,8 +179,11 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
 
     def check_upload(image):
         """Says at upload time what is wrong with an image the model cannot use."""
-        if image is not None and min(image.size) < 16:
-            gr.Warning(f"The image is {image.width}×{image.height} pixels, too small to recover: upload one of at least 16×16 pixels.")
+        if image is not None and min(image.size) < MIN_IMAGE_SIDE:
+            gr.Warning(
+                f"The image is {image.width}×{image.height} pixels, too small to recover: upload one of at least "
+                f"{MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE} pixels."
+            )
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\n\n{DESCRIPTION}")

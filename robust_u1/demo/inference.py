@@ -10,7 +10,6 @@ the worker at its next denoising step or token.
 from __future__ import annotations
 
 import inspect
-import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,8 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
-
-logger = logging.getLogger(__name__)
 
 MIN_IMAGE_SIDE = 16
 """Smallest accepted image side in pixels (one 16-pixel latent token of the real model)."""
@@ -158,26 +155,15 @@ def check_request(model, request: DemoRequest) -> DemoRequest:
             raise DemoInputError(str(error)) from error
         if request.level not in LEVEL_NAMES:
             raise DemoInputError(f"Unknown corruption level {request.level!r}: choose one of {list(LEVEL_NAMES)}.")
-    try:
-        seed = int(request.seed)
-    except (TypeError, ValueError) as error:
-        raise DemoInputError(f"The seed must be a whole number, got {request.seed!r}.") from error
-    if seed != request.seed or seed < 0:
-        raise DemoInputError(f"The seed must be a whole number ≥ 0, got {request.seed!r}.")
+    seed = _whole_number("The seed", request.seed, minimum=0)
     answer_kwargs = dict(request.answer_kwargs)
-    max_new_tokens = answer_kwargs.get("max_new_tokens", 1)
-    if isinstance(max_new_tokens, bool) or not float(max_new_tokens).is_integer() or max_new_tokens < 1:
-        raise DemoInputError(f"max_new_tokens must be a whole number ≥ 1, got {max_new_tokens!r}.")
     if "max_new_tokens" in answer_kwargs:
-        answer_kwargs["max_new_tokens"] = int(max_new_tokens)
+        answer_kwargs["max_new_tokens"] = _whole_number("max_new_tokens", answer_kwargs["max_new_tokens"], minimum=1)
     if answer_kwargs.get("do_sample") and not answer_kwargs.get("temperature", 1.0) > 0:
         raise DemoInputError(f"temperature must be > 0 when sampling reasoning tokens, got {answer_kwargs['temperature']!r}.")
     recover_kwargs = dict(request.recover_kwargs)
     if "num_inference_steps" in recover_kwargs:
-        steps = recover_kwargs["num_inference_steps"]
-        if isinstance(steps, bool) or not float(steps).is_integer():
-            raise DemoInputError(f"num_inference_steps must be a whole number, got {steps!r}.")
-        recover_kwargs["num_inference_steps"] = int(steps)
+        recover_kwargs["num_inference_steps"] = _whole_number("num_inference_steps", recover_kwargs["num_inference_steps"])
     from ..configuration_recovery import resolve_recovery_config
 
     try:  # the same checks recover() makes, before any model work
@@ -188,6 +174,18 @@ def check_request(model, request: DemoRequest) -> DemoRequest:
         request, image=image, question=question, options=options, corruption=corruption, seed=seed,
         recover_kwargs=recover_kwargs, answer_kwargs=answer_kwargs,
     )  # fmt: skip
+
+
+def _whole_number(name: str, value: Any, minimum: int | None = None) -> int:
+    """An int from a UI number (Gradio gives floats such as 3.0), else one line naming the setting."""
+    bound = f" ≥ {minimum}" if minimum is not None else ""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number.is_integer() or (minimum is not None and number < minimum):
+        raise DemoInputError(f"{name} must be a whole number{bound}, got {value!r}.")
+    return int(number)
 
 
 class _Cancelled(Exception):
@@ -217,8 +215,11 @@ def stream_demo(model, processor, request: DemoRequest, preview_every: int = 1) 
 
     from ..evaluation.options import normalize_options
 
+    from ..configuration_recovery import resolve_recovery_config
+
     request = check_request(model, request)
     processor = processor or model.processor
+    total_steps = resolve_recovery_config(model.recovery_config, **request.recover_kwargs).num_inference_steps - 1
     events: queue.Queue = queue.Queue()
     cancelled = threading.Event()
     option_texts = normalize_options(request.options)
@@ -242,20 +243,16 @@ def stream_demo(model, processor, request: DemoRequest, preview_every: int = 1) 
     def on_step_end(model, step_index: int, t: float, callback_kwargs: dict) -> dict:
         if cancelled.is_set():
             raise _Cancelled()
-        total = on_step_end.total
-        last = step_index + 1 == total
         preview = None
-        if last or (step_index + 1) % preview_every == 0:
+        if step_index + 1 == total_steps or (step_index + 1) % preview_every == 0:
             preview = model.preview_latents(callback_kwargs["denoised"], callback_kwargs["grids"])[0]
-        events.put(("step", (step_index + 1, total, preview)))
+        events.put(("step", (step_index + 1, total_steps, preview)))
         return {}
 
     def generator():
         return torch.Generator(device=model.device).manual_seed(request.seed)
 
     def work():
-        from ..configuration_recovery import resolve_recovery_config
-
         try:
             image = request.image
             if request.corruption:
@@ -263,8 +260,6 @@ def stream_demo(model, processor, request: DemoRequest, preview_every: int = 1) 
 
                 image = corrupt(image, request.corruption, severity=request.level, seed=request.seed)
             events.put(("input", image))
-            config = resolve_recovery_config(model.recovery_config, **request.recover_kwargs)
-            on_step_end.total = config.num_inference_steps - 1
             recover_kwargs = {
                 **request.recover_kwargs, "generator": generator(), "progress": False,
                 "callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["denoised", "grids"],
