@@ -222,9 +222,10 @@ def test_two_clients_at_once_get_their_own_results_and_the_second_waits(served, 
     served.runs.clear()
     job1 = first.submit(*_predict_args(CORRUPTED, QUESTION, OPTIONS), api_name="/answer")
     job2 = second.submit(*_predict_args(CLEAN, COUNT_QUESTION, COUNT_OPTIONS), api_name="/answer")
-    second_codes = set()
-    while not job2.done():
-        second_codes.add(job2.status().code)
+    codes = {QUESTION: set(), COUNT_QUESTION: set()}
+    while not (job1.done() and job2.done()):
+        codes[QUESTION].add(job1.status().code)
+        codes[COUNT_QUESTION].add(job2.status().code)
         time.sleep(0.01)
     result1, result2 = job1.result(timeout=120), job2.result(timeout=120)
 
@@ -235,9 +236,10 @@ def test_two_clients_at_once_get_their_own_results_and_the_second_waits(served, 
         assert result[4] == f"{expected.option} ({options['ABCD'.index(expected.option)]})"
         assert result[3] == expected.raw_text
         assert np.array_equal(_pixels(result[1]), _pixels(expected.recovered_image))
-    assert Status.IN_QUEUE in second_codes  # the second client waited in the queue ...
-    (start1, end1, q1), (start2, end2, q2) = sorted(served.runs)
-    assert end1 <= start2  # ... and the model never ran both at once
+    (start1, end1, ran_first), (start2, end2, ran_second) = sorted(served.runs)
+    assert {ran_first, ran_second} == {QUESTION, COUNT_QUESTION}
+    assert end1 <= start2  # the model never ran both at once ...
+    assert Status.IN_QUEUE in codes[ran_second]  # ... the client served second waited in the queue
 
 
 def test_space_folder_builds_the_demo(monkeypatch):
