@@ -134,6 +134,8 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
     >>> build_demo(model, processor).launch()
     ```
     """
+    if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1:
+        raise ValueError(f"preview_every must be a whole number ≥ 1 (denoising steps per preview), got {preview_every!r}.")
     gr = _import_gradio()
     from ..corruptions import list_corruptions
 
