@@ -145,3 +145,89 @@ def test_a_diffusers_style_callback_object_declares_its_inputs(tiny, image):
     callback = KeepLatents()
     run(model, image, callback_on_step_end=callback)
     assert callback.keys == [["velocities"]] * (STEPS - 1)
+
+
+# -- every setting checked up front (issue 12 item 9 and its unclear errors) ---------------------
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        ({"timestep_shift": 0}, ValueError, r"sampling_shift \(timestep_shift\) must be > 0, got 0"),
+        ({"timestep_shift": -1.0}, ValueError, r"sampling_shift \(timestep_shift\) must be > 0, got -1"),
+        ({"timestep_shift": float("nan")}, ValueError, r"sampling_shift \(timestep_shift\) must be a finite number, got nan"),
+        ({"sampling_shift": float("inf")}, ValueError, r"sampling_shift \(timestep_shift\) must be a finite number, got inf"),
+        ({"num_inference_steps": 1}, ValueError, r"num_inference_steps must be at least 2 .* got 1"),
+        ({"num_inference_steps": 2.5}, TypeError, r"num_inference_steps must be an int, got float 2.5"),
+        ({"num_inference_steps": "50"}, TypeError, r"num_inference_steps must be an int, got str '50'"),
+        ({"cfg_text_scale": float("inf")}, ValueError, r"cfg_text_scale must be a finite number, got inf"),
+        ({"cfg_text_scale": float("nan")}, ValueError, r"cfg_text_scale must be a finite number, got nan"),
+        ({"cfg_text_scale": -2.0}, ValueError, r"cfg_text_scale must be >= 0, got -2"),
+        ({"cfg_img_scale": float("nan")}, ValueError, r"cfg_img_scale must be a finite number, got nan"),
+        ({"cfg_img_scale": -1}, ValueError, r"cfg_img_scale must be >= 0, got -1"),
+        ({"cfg_renorm_min": float("nan")}, ValueError, r"cfg_renorm_min must be a finite number, got nan"),
+        ({"cfg_renorm_min": 1.5}, ValueError, r"cfg_renorm_min must be <= 1, got 1.5"),
+        ({"cfg_renorm_type": "none"}, ValueError, r"cfg_renorm_type must be 'global', 'channel' or 'text_channel', got 'none'"),
+        ({"cfg_interval": (0.6, 0.2)}, ValueError, r"cfg_interval must satisfy 0 <= low <= high <= 1, got \(0.6, 0.2\)"),
+        ({"cfg_interval": (0.0, float("nan"))}, ValueError, r"cfg_interval\[1\] must be a finite number, got nan"),
+        ({"cfg_interval": (0.0, 1.0, 2.0)}, ValueError, r"cfg_interval must be two numbers \(low, high\)"),
+        ({"cfg_scale": 3.0}, TypeError, r"Unknown recovery settings \['cfg_scale'\]"),
+    ],
+)
+def test_bad_settings_fail_before_any_model_work(tiny, image, monkeypatch, settings, error, message):
+    model, _ = tiny
+    prefills = []
+    monkeypatch.setattr(type(model), "prefill", lambda self, *a, **k: prefills.append(1))
+    monkeypatch.setattr(type(model), "encode_edit_latents", lambda self, *a, **k: prefills.append(1))
+    with pytest.raises(error, match=message):
+        model.recover(image, progress=False, **settings)
+    assert not prefills
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"generator": [seeded(0)]}, ValueError, r"Got 1 generators for 2 images: pass one generator, or one per image"),
+        ({"generator": 0}, TypeError, r"generator must be a torch.Generator .* got int 0: pass e.g. generator=torch.Generator\(\).manual_seed\(0\)"),
+        ({"generator": [seeded(0), "seed"]}, TypeError, r"generator must be a torch.Generator or a list of them \(one per image\), got str"),
+        ({"latents": [torch.zeros(6, 64)] * 3}, ValueError, r"Got 3 initial latents for 2 images"),
+    ],
+)
+def test_generators_and_latents_must_match_the_images(tiny, image, monkeypatch, kwargs, error, message):
+    model, _ = tiny
+    prefills = []
+    monkeypatch.setattr(type(model), "prefill", lambda self, *a, **k: prefills.append(1))
+    with pytest.raises(error, match=message):
+        model.recover([image, image], progress=False, num_inference_steps=3, **kwargs)
+    assert not prefills
+
+
+def test_non_finite_latents_are_an_error_never_a_black_image(tiny, image, monkeypatch):
+    model, _ = tiny
+    noise = torch.zeros(6, 64)
+    noise[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"latents\[0\] holds NaN or infinite values"):
+        model.recover(image, latents=[noise], progress=False, num_inference_steps=3)
+    original = type(model).guided_velocities
+    monkeypatch.setattr(type(model), "guided_velocities", lambda *a: [v * float("nan") for v in original(*a)])
+    with pytest.raises(ValueError, match=r"Recovery of image 0 produced NaN or infinite latents after 2 steps"):
+        model.recover(image, progress=False, num_inference_steps=3)
+
+
+def test_cli_rejects_a_bad_setting_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "corrupted_example.png"
+    for flags, message in ((["--timestep-shift", "0"], "sampling_shift (timestep_shift) must be > 0, got 0."),
+                           (["--cfg-text-scale", "nan", "--steps", "3"], "cfg_text_scale must be a finite number, got nan.")):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "robust_u1", "recover", str(example), str(tmp_path / "out.png"), *flags],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 2
+        lines = [line for line in result.stderr.splitlines() if line.startswith("robust-u1")]
+        assert lines == [f"robust-u1 recover: error: {message}"] and "Traceback" not in result.stderr
+        assert "bundled TinyWorld" not in result.stderr  # refused before the model is loaded
+        assert not (tmp_path / "out.png").exists()
