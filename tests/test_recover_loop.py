@@ -231,3 +231,73 @@ def test_cli_rejects_a_bad_setting_with_one_line(tmp_path):
         assert lines == [f"robust-u1 recover: error: {message}"] and "Traceback" not in result.stderr
         assert "bundled TinyWorld" not in result.stderr  # refused before the model is loaded
         assert not (tmp_path / "out.png").exists()
+
+
+# -- RecoveryConfig: one object, saved with the model, overridable per call ------------------------
+
+
+def test_recovery_config_is_saved_with_the_model_and_used_by_recover(tmp_path, image, monkeypatch):
+    from robust_u1 import RecoveryConfig, RobustU1ForConditionalGeneration
+
+    model, processor = tiny_random_model(seed=0)
+    assert model.recovery_config == RecoveryConfig()
+    model.recovery_config = {"num_inference_steps": 4, "cfg_text_scale": 3.0, "sampling_shift": 2.0}
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    saved = (tmp_path / "recovery_config.json").read_text()
+    assert '"num_inference_steps": 4' in saved and '"sampling_shift": 2.0' in saved
+    loaded = RobustU1ForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.recovery_config == RecoveryConfig(num_inference_steps=4, cfg_text_scale=3.0, sampling_shift=2.0)
+
+    calls = count_velocity_calls(loaded, monkeypatch)
+    by_default = loaded.recover(image, generator=seeded(0), progress=False, output_type="latent")
+    assert len(calls) == 3  # the saved 4-point schedule
+    explicit = loaded.recover(image, generator=seeded(0), progress=False, output_type="latent", num_inference_steps=4,
+                              cfg_text_scale=3.0, timestep_shift=2.0, recovery_config=RecoveryConfig())  # fmt: skip
+    torch.testing.assert_close(by_default, explicit, atol=0, rtol=0)
+    overridden = loaded.recover(image, generator=seeded(0), progress=False, output_type="latent", cfg_text_scale=1.0)
+    assert len(calls) == 3 + 3 + 3 and not torch.allclose(overridden, by_default, atol=1e-4)
+
+
+def test_a_broken_recovery_config_file_names_itself(tmp_path):
+    from robust_u1 import RecoveryConfig
+
+    (tmp_path / "recovery_config.json").write_text('{"cfg_text_scale": -1}')
+    with pytest.raises(ValueError, match=r"recovery_config.json: cfg_text_scale must be >= 0, got -1"):
+        RecoveryConfig.from_pretrained(tmp_path)
+    (tmp_path / "recovery_config.json").write_text('{"cfg_text_scale": ')
+    with pytest.raises(ValueError, match=r"recovery_config.json is not valid JSON"):
+        RecoveryConfig.from_pretrained(tmp_path)
+    assert RecoveryConfig.from_pretrained("someone/not-cached-offline") == RecoveryConfig()  # a model without one
+
+
+def test_flow_grpo_config_nests_the_recovery_config(tmp_path):
+    import dataclasses
+
+    from robust_u1 import FlowGRPOConfig, RecoveryConfig
+
+    common = dict(report_to=[], use_cpu=True)
+    default = FlowGRPOConfig(str(tmp_path), **common)
+    assert default.recovery_config == RecoveryConfig(num_inference_steps=16)  # flow_grpo's BAGEL rollouts
+    assert default.per_device_train_batch_size == default.num_generations == 16
+    args = FlowGRPOConfig(str(tmp_path), recovery_config={"cfg_text_scale": 3.0, "num_inference_steps": 8}, cfg_img_scale=1.5, **common)
+    assert args.recovery_config == RecoveryConfig(num_inference_steps=8, cfg_text_scale=3.0, cfg_img_scale=1.5)
+    assert (args.num_inference_steps, args.cfg_text_scale) == (8, 3.0)  # the resolved values stay readable
+    assert args.to_dict()["recovery_config"]["cfg_img_scale"] == 1.5 and '"cfg_img_scale": 1.5' in args.to_json_string()
+    RecoveryConfig(num_inference_steps=6).save_pretrained(tmp_path / "settings")
+    assert FlowGRPOConfig(str(tmp_path), recovery_config=str(tmp_path / "settings"), **common).num_inference_steps == 6
+    with pytest.raises(ValueError, match="cfg_renorm_min must be <= 1, got 2"):
+        FlowGRPOConfig(str(tmp_path), cfg_renorm_min=2.0, **common)
+    assert dataclasses.replace(args, num_generations=4, per_device_train_batch_size=4).recovery_config == args.recovery_config
+
+
+def test_hf_argument_parser_builds_the_flags_from_the_dataclasses():
+    from transformers import HfArgumentParser
+
+    from robust_u1 import FlowGRPOConfig, RecoveryConfig
+
+    (args,) = HfArgumentParser(FlowGRPOConfig).parse_args_into_dataclasses(
+        ["--output_dir", "out", "--steps", "8", "--cfg-interval", "0.4", "1", "--cfg_renorm_type", "global", "--use_cpu", "--report_to", "none"]
+    )
+    assert args.recovery_config == RecoveryConfig(num_inference_steps=8, cfg_interval=(0.4, 1.0), cfg_renorm_type="global")
+    assert args.sde_window_range == (0, 5) and args.num_generations == 16
