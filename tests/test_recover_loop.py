@@ -301,3 +301,54 @@ def test_hf_argument_parser_builds_the_flags_from_the_dataclasses():
     )
     assert args.recovery_config == RecoveryConfig(num_inference_steps=8, cfg_interval=(0.4, 1.0), cfg_renorm_type="global")
     assert args.sde_window_range == (0, 5) and args.num_generations == 16
+
+
+# -- one loop, one step interface -------------------------------------------------------------------
+
+
+def test_step_rules_share_one_interface_and_vocabulary():
+    from robust_u1 import flow_grpo_math
+    from robust_u1.sampling import EulerStep, SDEStep, sde_step_with_logprob
+
+    generator = torch.Generator().manual_seed(0)
+    v, x = torch.randn(2, 6, 8, generator=generator), torch.randn(2, 6, 8, generator=generator)
+    euler = EulerStep().step(v, x, 0.8, 0.6)
+    still = SDEStep(noise_level=0.0).step(v, x, 0.8, 0.6)
+    torch.testing.assert_close(still.prev_sample, euler.prev_sample, atol=1e-6, rtol=0)
+    assert euler.log_prob is None and torch.equal(still.log_prob, torch.zeros(2))
+    noise = torch.randn(2, 6, 8, generator=generator)
+    ours = SDEStep(noise_level=0.7).step(v, x, 1.0, 0.9, t_max=0.9, noise=noise)
+    flow_grpo_names = flow_grpo_math.sde_step_with_logprob(v, x, sigma=1.0, sigma_next=0.9, sigma_max=0.9, noise=noise)
+    assert torch.equal(ours.prev_sample, flow_grpo_names.prev_sample) and torch.equal(ours.log_prob, flow_grpo_names.log_prob)
+    with pytest.raises(ValueError, match="pass t_max \\(flow_grpo's sigma_max"):
+        sde_step_with_logprob(v, x, 1.0, 0.9)
+
+
+def test_the_training_and_sampling_shifts_are_one_formula():
+    from robust_u1.sampling import flow_timesteps, shift_timesteps
+
+    u = torch.linspace(1, 0, 7)
+    assert torch.equal(flow_timesteps(7, 3.0), shift_timesteps(u, 3.0))
+    torch.testing.assert_close(shift_timesteps(torch.tensor([0.5]), 3.0), torch.tensor([0.75]))
+
+
+def test_denoise_records_the_sde_window(tiny, image):
+    from robust_u1 import RecoveryConfig
+    from robust_u1.sampling import SDEStep
+
+    model, _ = tiny
+    contexts = model.build_edit_contexts(model.prepare_edit_inputs([image, image]), sample_posterior=False)
+    noise = model.prepare_latents(contexts.grids[:1], generator=seeded(0)) * 2  # both images start from the same noise
+    config = RecoveryConfig(num_inference_steps=5)
+
+    def rollout():
+        streams = [seeded(1), seeded(2)]
+        return model.denoise(contexts, noise, config, step_rule=SDEStep(0.7), sde_window=[1, 2], generator=streams)
+
+    first, again = rollout(), rollout()
+    assert first.window == [1, 2] and first.log_probs.shape == (2, 2) and first.steps_run == 4
+    assert len(first.samples) == len(first.next_samples) == 2 and torch.equal(first.latents[0], again.latents[0])
+    assert not torch.allclose(first.latents[0], first.latents[1])  # each image its own noise stream
+    ode = model.denoise(contexts, noise, config)
+    assert ode.log_probs.numel() == 0 and ode.window == [0, 1, 2, 3]
+    assert torch.equal(ode.latents[0], ode.latents[1])  # same image, same initial noise, no SDE noise
