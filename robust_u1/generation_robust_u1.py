@@ -110,6 +110,12 @@ def _generator_for(generator, index: int):
     return generator[index] if isinstance(generator, (list, tuple)) else generator
 
 
+def _step_noise(sample: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard-normal noise for one image's stochastic step, drawn on the generator's device, batch of one."""
+    device = generator.device if generator is not None else sample.device
+    return torch.randn(sample.shape, generator=generator, device=device).to(sample.device)[None]
+
+
 def _check_generator(generator, count: int) -> None:
     """One clear line for a generator of the wrong type or a list of the wrong length."""
     items = generator if isinstance(generator, (list, tuple)) else [generator]
@@ -290,37 +296,36 @@ class RobustU1GenerationMixin:
         steps_run, interrupted = 0, False
         for k in tqdm(range(num_steps), disable=not progress, desc="recover"):
             t, t_next = timesteps[k], timesteps[k + 1]
+            # 1. The guided velocity of every image (its contexts run as one batched forward).
             velocities = self.guided_velocities(contexts, x, t, config)
+            # 2. One step of the rule, image by image (their token counts may differ).
             rule = step_rule if k in window else euler
-            outputs = []
-            for i, (xi, vi) in enumerate(zip(x, velocities)):
-                noise = None
-                if rule.stochastic:
-                    g = _generator_for(generator, i)
-                    noise = torch.randn(xi.shape, generator=g, device=g.device if g is not None else xi.device).to(xi.device)[None]
-                outputs.append(rule.step(vi[None], xi[None], t, t_next, t_max=timesteps[1], noise=noise))
+            outputs = [
+                rule.step(vi[None], xi[None], t, t_next, t_max=timesteps[1],
+                          noise=_step_noise(xi, _generator_for(generator, i)) if rule.stochastic else None)
+                for i, (xi, vi) in enumerate(zip(x, velocities))
+            ]  # fmt: skip
             next_x = [out.prev_sample[0] for out in outputs]
+            # 3. What Flow-GRPO trains on: the window steps' samples and log-probabilities.
             if k in window:
                 samples.append(x)
                 next_samples.append(next_x)
                 if outputs and outputs[0].log_prob is not None:
                     log_probs.append(torch.cat([out.log_prob for out in outputs]))
-            denoised = x
-            x, steps_run = next_x, k + 1
-
+            # 4. The callback sees the step's result and may replace it or stop the loop.
             if callback_on_step_end is not None:
-                available = {"latents": x, "velocities": velocities, "grids": contexts.grids}
+                available = {"latents": next_x, "velocities": velocities, "grids": contexts.grids}
                 if "denoised" in tensor_inputs:
-                    available["denoised"] = [xi - t * vi.to(xi.dtype) for xi, vi in zip(denoised, velocities)]
+                    available["denoised"] = [xi - t * vi.to(xi.dtype) for xi, vi in zip(x, velocities)]
                 result = callback_on_step_end(self, k, t, {name: available[name] for name in tensor_inputs}) or {}
                 if "latents" in result:
-                    x = _replaced_latents(result["latents"], x, k)
-                if result.get("interrupt", False):
-                    interrupted = True
-                    break
+                    next_x = _replaced_latents(result["latents"], next_x, k)
+                interrupted = bool(result.get("interrupt", False))
+            x, steps_run = next_x, k + 1
+            if interrupted:
+                break
         stacked = torch.stack(log_probs) if log_probs else torch.zeros(0, len(x))
-        return DenoiseOutput(x, timesteps, sorted(window) if sde_window is not None else list(range(num_steps)),
-                             samples, next_samples, stacked, steps_run, interrupted)  # fmt: skip
+        return DenoiseOutput(x, timesteps, sorted(window), samples, next_samples, stacked, steps_run, interrupted)
 
     def prepare_latents(
         self,

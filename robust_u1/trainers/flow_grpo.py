@@ -43,7 +43,8 @@ class FlowGRPOConfig(ImageBoundsArguments, RecoveryOverrides, TrainingArguments)
 
     Parameters:
         num_generations (`int`, defaults to `16`): rollouts G per corrupted image (flow_grpo's BAGEL
-            template). ``per_device_train_batch_size`` counts rollouts and must be a multiple of G.
+            template). ``per_device_train_batch_size`` (default 16: one image's G rollouts) counts
+            rollouts and must be a multiple of G.
         beta (`float`, defaults to `0.0`): KL weight against the model with its adapter disabled
             (flow_grpo's BAGEL template uses 0; > 0 needs a ``peft_config``).
         epsilon (`float`, defaults to `1e-4`): lower clip range of the policy ratio (flow_grpo: 1e-4).
@@ -96,6 +97,8 @@ class FlowGRPOConfig(ImageBoundsArguments, RecoveryOverrides, TrainingArguments)
     sde_window_range: list[int] = field(default_factory=lambda: (0, 5), metadata={"help": "Range START END of the SDE window."})
     sample_posterior: bool = field(default=True, metadata={"help": "Posterior sample for the VAE encode."})
 
+    # TrainingArguments' 8 is not a multiple of the default G = 16: one image's rollouts per device.
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Rollouts per device (a multiple of G)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "flow_grpo BAGEL template learning rate."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Rewards see every column."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
