@@ -167,6 +167,7 @@ def test_controls_have_the_names_and_defaults_of_recover_and_answer(tinyworld):
     assert {label: values[label] for label in expected} == expected
     assert list(expected.values()) == DEFAULT_CONTROLS
     assert "Advanced inference controls" in values
+    assert not list((ROOT / "robust_u1" / "demo").glob("*.pyi"))  # building the app writes nothing into the package
 
 
 # -- the served app ------------------------------------------------------------------------------

@@ -218,5 +218,5 @@ def test_malformed_processor_features_and_missing_inputs_are_errors(tinyworld, c
     features["pixel_values"] = features["pixel_values"][:1]
     with pytest.raises(ValueError, match="input_ids have more image placeholders than pixel_values has images"):
         model.generate(**features)
-    with pytest.raises(ValueError, match=r"generate\(\) needs inputs"):
+    with pytest.raises(ValueError, match=r"generate\(\) takes a non-empty list .* or a processor.s BatchFeature.*; got NoneType"):
         model.generate()

@@ -93,22 +93,25 @@ class _ImageFiles:
         return str(path)
 
 
-def _image_upload_class(gr):
-    class ImageUpload(gr.Image):
-        """`gr.Image` whose upload errors are one clear line in the page (Gradio's own says only "Error")."""
+def _with_clear_upload_errors(gr, component):
+    """Makes an unreadable upload one clear line in the page (Gradio's own message is only "Error").
 
-        is_template = True  # rendered by gr.Image's front end
+    Set on the instance: subclassing a Gradio component makes Gradio write a ``.pyi`` stub next to
+    the module that defines it, i.e. into the installed package.
+    """
+    preprocess = component.preprocess
 
-        def preprocess(self, payload):
-            try:
-                return super().preprocess(payload)
-            except gr.Error:
-                raise
-            except Exception as error:  # PIL.UnidentifiedImageError, truncated files, …
-                name = getattr(payload, "orig_name", None) or "the upload"
-                raise gr.Error(f"{name} is not an image Robust-U1 can read ({type(error).__name__}): upload a PNG, JPEG or WebP image.") from error
+    def checked_preprocess(payload):
+        try:
+            return preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as error:  # PIL.UnidentifiedImageError, truncated files, …
+            name = getattr(payload, "orig_name", None) or "the upload"
+            raise gr.Error(f"{name} is not an image Robust-U1 can read ({type(error).__name__}): upload a PNG, JPEG or WebP image.") from error
 
-    return ImageUpload
+    component.preprocess = checked_preprocess
+    return component
 
 
 def build_demo(model, processor=None, examples: list[list[Any]] | None = None, title: str = "Robust-U1", preview_every: int = 1) -> gr.Blocks:
@@ -145,7 +148,6 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
     recover_default = recover_defaults(model)
     answer_default = answer_defaults()
     corruption_names = [NO_CORRUPTION, *(name for names in list_corruptions().values() for name in names)]
-    ImageUpload = _image_upload_class(gr)
     image_files = _ImageFiles()
     image_processor = getattr(processor, "image_processor", None)
     small = ["robust-u1-small"] if getattr(image_processor, "vae_max_size", 1024) <= 128 else None
@@ -191,7 +193,8 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
         gr.Markdown(f"# {title}\n\n{DESCRIPTION}")
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageUpload(label="Input image", type="pil", image_mode=None, sources=["upload", "clipboard"], height=256, elem_id="input-image", elem_classes=small)
+                image = gr.Image(label="Input image", type="pil", image_mode=None, sources=["upload", "clipboard"], height=256, elem_id="input-image", elem_classes=small)
+                _with_clear_upload_errors(gr, image)
                 with gr.Row():
                     corruption = gr.Dropdown(corruption_names, value=NO_CORRUPTION, label="Corrupt it first", elem_id="corruption")
                     level = gr.Radio(list(LEVEL_NAMES), value="mid", label="Corruption level", elem_id="level")
