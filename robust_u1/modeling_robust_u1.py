@@ -35,10 +35,12 @@ from .attention import (
     packed_sdpa,
     resolve_attention_backend,
 )
+from .configuration_recovery import RecoveryConfig
 from .configuration_robust_u1 import RobustU1Config
 from .generation_robust_u1 import RobustU1GenerationMixin
 from .loading import module_execution_device
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
+from .sampling.schedule import shift_timesteps
 
 # ----------------------------------------------------------------------------------------------
 # Token layout helpers
@@ -512,6 +514,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             state = official_state_dict(folder, config, dtype)
             model = cls._from_hf_layout(None, (), strict, {**kwargs, "config": config, "state_dict": state})
             model.processor = official_processor(folder)
+            model.recovery_config = RecoveryConfig.from_pretrained(folder)
             return model
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         placement = {k: kwargs.pop(k, None) for k in ("device_map", "max_memory", "offload_folder")}
@@ -521,6 +524,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         model = load_official_checkpoint(folder, cls, dtype=dtype, strict=strict, **placement)
         model.freeze_fixed_parts()
         model.processor = official_processor(folder)
+        model.recovery_config = RecoveryConfig.from_pretrained(folder)
         return model
 
     @classmethod
@@ -560,6 +564,8 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             model.processor = RobustU1Processor.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
         except (OSError, ValueError, TypeError):
             model.processor = None  # a checkpoint saved without its processor (or weights given as a state dict)
+        if source is not None:
+            model.recovery_config = RecoveryConfig.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
         return (model, info) if return_info else model
 
     @classmethod
@@ -902,8 +908,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             ).float()
             noise = torch.randn_like(clean) if noise is None else noise.to(clean)
             shift = self.config.timestep_shift if timestep_shift is None else timestep_shift
-            t = torch.sigmoid(packed_timesteps.float())
-            t = shift * t / (1 + (shift - 1) * t)
+            t = shift_timesteps(torch.sigmoid(packed_timesteps.float()), shift)
             x_t = (1 - t[:, None]) * clean + t[:, None] * noise
             embeds[packed_vae_token_indexes] = self.embed_latent_tokens(x_t, t, packed_latent_position_ids)
             gen_mask[packed_vae_token_indexes] = True
