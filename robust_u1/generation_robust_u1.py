@@ -20,6 +20,7 @@ from .evaluation.options import extract_option, final_answer_text, strip_reasoni
 from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .sampling import GuidanceConfig, euler_step, flow_timesteps, guided_velocity
+from .taylorseer import TaylorSeerCache, TaylorSeerConfig
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -127,15 +128,26 @@ class RobustU1GenerationMixin:
     # -- one guided step -------------------------------------------------------------------------
 
     def guided_velocities(
-        self, contexts: EditContexts, latents: Sequence[torch.Tensor], t: float, guidance: GuidanceConfig
+        self,
+        contexts: EditContexts,
+        latents: Sequence[torch.Tensor],
+        t: float,
+        guidance: GuidanceConfig,
+        taylorseer: TaylorSeerCache | None = None,
     ) -> list[torch.Tensor]:
-        """Velocities of B noisy latents at time ``t``; the needed contexts run as one batched forward."""
+        """Velocities of B noisy latents at time ``t``; the needed contexts run as one batched forward.
+
+        ``taylorseer`` (one per denoising run) lets each branch skip the decoder layers at its Taylor steps.
+        """
         batch = len(latents)
         if not guidance.is_active(t):
-            return self.predict_velocity(contexts.gen, latents, contexts.grids, t)
-        caches = [contexts.gen, contexts.cfg_text] + ([contexts.cfg_img] if guidance.uses_image_context else [])
+            step = taylorseer.select(["gen"]) if taylorseer is not None else None
+            return self.predict_velocity(contexts.gen, latents, contexts.grids, t, taylorseer=step)
+        names = ["gen", "cfg_text"] + (["cfg_img"] if guidance.uses_image_context else [])
+        caches = [getattr(contexts, name) for name in names]
+        step = taylorseer.select(names) if taylorseer is not None else None
         velocities = self.predict_velocity(
-            RobustU1KVCache.concat(caches), list(latents) * len(caches), contexts.grids * len(caches), t
+            RobustU1KVCache.concat(caches), list(latents) * len(caches), contexts.grids * len(caches), t, taylorseer=step
         )
         v_gen, v_text = velocities[:batch], velocities[batch : 2 * batch]
         v_img = velocities[2 * batch :] if guidance.uses_image_context else [None] * batch
@@ -192,6 +204,8 @@ class RobustU1GenerationMixin:
         progress: bool = True,
         sample_posterior: bool = True,
         processor=None,
+        enable_taylorseer: bool = False,
+        taylorseer_config: TaylorSeerConfig | dict[str, Any] | None = None,
     ):
         """Recovers (restores) corrupted images with the generation expert, as the official edit loop.
 
@@ -209,6 +223,11 @@ class RobustU1GenerationMixin:
                 ``latent`` (scaled latents [C, h, w]).
             progress: show a tqdm bar over the denoising steps.
             sample_posterior: encode the input with a posterior sample (official) or its mode.
+            enable_taylorseer: TaylorSeer feature caching as the official inferencer's option: most
+                steps skip the decoder layers and extrapolate their output (≈ 2–3× fewer layer
+                passes, approximate); see `robust_u1.taylorseer`.
+            taylorseer_config: a `TaylorSeerConfig` or a dict of its fields (``fresh_threshold``,
+                ``first_enhance``, ``max_order``); None = the official defaults (3, 5, 6).
 
         Returns:
             One recovered image for one input image, else a list.
@@ -226,12 +245,15 @@ class RobustU1GenerationMixin:
         single = not isinstance(images, (list, tuple, EditInputs))
         inputs = self.prepare_edit_inputs(images, prompt, processor)
         guidance = GuidanceConfig(cfg_text_scale, cfg_img_scale, tuple(cfg_interval), cfg_renorm_type, cfg_renorm_min)
+        if taylorseer_config is not None and not enable_taylorseer:
+            raise ValueError("taylorseer_config is given but enable_taylorseer=False: pass enable_taylorseer=True to use it.")
+        taylorseer = TaylorSeerCache(taylorseer_config) if enable_taylorseer else None  # fresh state per call
         contexts = self.build_edit_contexts(inputs, sample_posterior, generator)
         x = self._initial_latents(contexts.grids, latents, generator)
         timesteps = flow_timesteps(num_inference_steps, timestep_shift).tolist()
 
         for t, t_next in tqdm(list(zip(timesteps[:-1], timesteps[1:])), disable=not progress, desc="recover"):
-            velocities = self.guided_velocities(contexts, x, t, guidance)
+            velocities = self.guided_velocities(contexts, x, t, guidance, taylorseer=taylorseer)
             x = [euler_step(xi, vi, t, t_next) for xi, vi in zip(x, velocities)]
 
         outputs = self._postprocess_latents(x, contexts.grids, output_type)

@@ -37,6 +37,7 @@ from .attention import (
 from .configuration_robust_u1 import RobustU1Config
 from .generation_robust_u1 import RobustU1GenerationMixin
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
+from .taylorseer import TaylorSeerStep
 
 # ----------------------------------------------------------------------------------------------
 # Token layout helpers
@@ -212,7 +213,10 @@ class RobustU1MoTModel(nn.Module):
         self.norm_moe_gen = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = Qwen2RotaryEmbedding(config)
 
-    def forward(self, inputs_embeds, position_ids, gen_mask, layout, cache=None, update_cache=False, attention_backend="auto"):
+    def forward(
+        self, inputs_embeds, position_ids, gen_mask, layout, cache=None, update_cache=False, attention_backend="auto",
+        final_norm=True,
+    ):  # fmt: skip
         routing = ExpertRouting(gen_mask)
         cos, sin = self.rotary_emb(inputs_embeds, position_ids[None])
         position_embeddings = (cos[0], sin[0])  # [N, D], broadcast over the heads of [N, H, D]
@@ -223,7 +227,11 @@ class RobustU1MoTModel(nn.Module):
             )
             if update_cache:
                 cache.keys[layer_idx], cache.values[layer_idx] = keys, values
-        return routing(hidden_states, self.norm, self.norm_moe_gen)
+        return routing(hidden_states, self.norm, self.norm_moe_gen) if final_norm else hidden_states
+
+    def final_norm(self, hidden_states: torch.Tensor, gen_mask: torch.Tensor) -> torch.Tensor:
+        """``norm`` on understanding tokens, ``norm_moe_gen`` on generation tokens (after the last layer)."""
+        return ExpertRouting(gen_mask)(hidden_states, self.norm, self.norm_moe_gen)
 
 
 class RobustU1LanguageModel(nn.Module):
@@ -576,12 +584,13 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
     # -- inference building blocks -------------------------------------------------------------
 
     def run_blocks(
-        self, cache: RobustU1KVCache, blocks: Sequence[Block], update_cache: bool
+        self, cache: RobustU1KVCache, blocks: Sequence[Block], update_cache: bool, final_norm: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Runs one block per sequence against ``cache``; returns final hidden states, expert mask, lengths.
 
         With ``update_cache`` the blocks' keys/values are appended and the RoPE positions advanced
-        (a context prefill); without it the cache is only read (a denoising query).
+        (a context prefill); without it the cache is only read (a denoising query). With
+        ``final_norm=False`` the hidden states are the last decoder layer's output (TaylorSeer caches it).
         """
         if len(blocks) != cache.batch_size:
             raise ValueError(f"Got {len(blocks)} blocks for a cache of {cache.batch_size} sequences.")
@@ -590,7 +599,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         layout = PackedAttentionLayout.single_split(lengths, modes, cache_lens=cache.lengths)
         hidden = self.language_model.model(
             embeds.to(self.dtype), positions, gen_mask, layout, cache=cache, update_cache=update_cache,
-            attention_backend=self.attention_backend,
+            attention_backend=self.attention_backend, final_norm=final_norm,
         )  # fmt: skip
         if update_cache:
             cache.next_positions = [p + a for p, a in zip(cache.next_positions, advances)]
@@ -631,14 +640,21 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         latents: Sequence[torch.Tensor],
         grids: Sequence[tuple[int, int]],
         timesteps: Sequence[float] | torch.Tensor,
+        taylorseer: TaylorSeerStep | None = None,
     ) -> list[torch.Tensor]:
         """Flow velocity (ε − x₀ direction) of noisy latent tokens against cached contexts, one per sequence.
 
-        The cache is read, never written: every denoising step reuses the same prefill.
+        The cache is read, never written: every denoising step reuses the same prefill. With
+        ``taylorseer`` (the branches of this call, see `robust_u1.taylorseer`), branches at a Taylor
+        step skip the decoder layers and extrapolate their cached last-layer output.
         """
         timesteps = torch.as_tensor(timesteps, dtype=torch.float32).flatten().expand(len(latents))
         blocks = [VaeImageBlock(x, grid, t, noisy=True) for x, grid, t in zip(latents, grids, timesteps)]
-        hidden, _, lengths = self.run_blocks(cache, blocks, update_cache=False)
+        if taylorseer is None:
+            hidden, _, lengths = self.run_blocks(cache, blocks, update_cache=False)
+        else:
+            hidden, gen_mask, lengths = taylorseer.decoder_outputs(self, cache, blocks)
+            hidden = self.language_model.model.final_norm(hidden, gen_mask)
         velocities, start = [], 0
         for x, length in zip(latents, lengths):
             velocities.append(self.llm2vae(hidden[start + 1 : start + 1 + x.shape[0]]))
