@@ -157,20 +157,24 @@ class RobustU1MoTAttention(nn.Module):
             attn = packed_flex_attention(q, k, v, layout)
             new_keys = new_values = None
         else:
-            new_keys, new_values = _merge_with_cache(k, v, layout, cache, self.layer_idx)
+            new_keys, new_values = _merge_with_cache(k, v, layout, cache)
             attn = packed_sdpa(q, new_keys, new_values, layout)
         attn = attn.reshape(n, self.num_heads * self.head_dim)
         return routing(attn, self.o_proj, self.o_proj_moe_gen), new_keys, new_values
 
 
-def _merge_with_cache(k, v, layout, cache, layer_idx):
-    """Per sequence: [cached keys, new keys] (and values)."""
+def _merge_with_cache(k, v, layout, cache):
+    """Per sequence: [cached keys, new keys] (and values); ``cache`` = this layer's (keys, values) lists.
+
+    The model hands each layer its own lists, so a layer never indexes by its ``layer_idx``: a compiled
+    layer then has no per-layer constant and one graph serves every layer (regional compilation).
+    """
     keys, values, start = [], [], 0
     for index, length in enumerate(layout.query_lens):
         new_k, new_v = k[start : start + length], v[start : start + length]
         if cache is not None and layout.cache_lens[index]:
-            new_k = torch.cat([cache.keys[layer_idx][index], new_k])
-            new_v = torch.cat([cache.values[layer_idx][index], new_v])
+            new_k = torch.cat([cache[0][index], new_k])
+            new_v = torch.cat([cache[1][index], new_v])
         keys.append(new_k)
         values.append(new_v)
         start += length
@@ -212,6 +216,7 @@ class RobustU1MoTModel(nn.Module):
         self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.norm_moe_gen = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = Qwen2RotaryEmbedding(config)
+        self.compiled_layers: list[nn.Module] | None = None  # set by `compile_repeated_blocks`
 
     def forward(
         self, inputs_embeds, position_ids, gen_mask, layout, cache=None, update_cache=False, attention_backend="auto",
@@ -221,9 +226,13 @@ class RobustU1MoTModel(nn.Module):
         cos, sin = self.rotary_emb(inputs_embeds, position_ids[None])
         position_embeddings = (cos[0], sin[0])  # [N, D], broadcast over the heads of [N, H, D]
         hidden_states = inputs_embeds
-        for layer_idx, layer in enumerate(self.layers):
+        # Compiled layers serve only the denoising queries (cache read, not written): their shapes repeat
+        # every step, while prefills, decoding and training change shape at every call.
+        denoising = cache is not None and not update_cache and self.compiled_layers is not None
+        for layer_idx, layer in enumerate(self.compiled_layers if denoising else self.layers):
+            layer_cache = None if cache is None else (cache.keys[layer_idx], cache.values[layer_idx])
             hidden_states, keys, values = layer(
-                hidden_states, routing, position_embeddings, layout, cache=cache, attention_backend=attention_backend
+                hidden_states, routing, position_embeddings, layout, cache=layer_cache, attention_backend=attention_backend
             )
             if update_cache:
                 cache.keys[layer_idx], cache.values[layer_idx] = keys, values
@@ -401,6 +410,46 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         self.vae.requires_grad_(False)  # the VAE is frozen in every Robust-U1 stage
         self.attention_backend = "auto"
         self.post_init()
+
+    _repeated_blocks = ["RobustU1MoTDecoderLayer"]
+
+    def compile_repeated_blocks(self, *args, **kwargs) -> None:
+        """Regional compilation of the denoiser: ``torch.compile`` of each MoT decoder layer (`_repeated_blocks`).
+
+        As diffusers' ``ModelMixin.compile_repeated_blocks`` (which this model, a transformers model,
+        does not inherit), but the compiled layers serve only the denoising queries
+        (`predict_velocity`, hence `recover` and the GRPO rollouts), whose shapes repeat at every step.
+        Context prefills, text decoding and training keep the eager layers: their shapes change at
+        every call, so compiling them would only add compile time. Arguments go to `torch.compile`;
+        ``model.language_model.model.compiled_layers = None`` goes back to eager.
+
+        When it compiles: one graph serves every layer (no per-layer constant). The first denoising
+        call compiles it; the same image sizes, prompt lengths and guidance branches reuse it (no
+        recompilation across steps or calls). A new token count (another image size bucket or prompt
+        length) or another number of batched branches (guidance switching off inside ``cfg_interval``)
+        recompiles once; after a size changed, dynamo's automatic dynamic shapes make that size
+        symbolic, so further sizes reuse the dynamic graph.
+
+        Example:
+
+        ```python
+        >>> model.compile_repeated_blocks()  # or compile_repeated_blocks(mode="max-autotune") on GPU
+        >>> restored = model.recover(image)  # the first call compiles, later calls reuse the graph
+        ```
+        """
+        backend = kwargs.get("backend", args[0] if args else "inductor")
+        if backend == "inductor" and self.device.type == "cpu":
+            try:  # inductor generates C++ on CPU: fail here with the fix, not deep inside the first recover()
+                from torch._inductor.cpp_builder import get_cpp_compiler
+
+                get_cpp_compiler()
+            except Exception as error:
+                raise RuntimeError(
+                    f"torch.compile's inductor backend needs a C++ compiler on CPU and found none ({error}): "
+                    "install one (e.g. `apt-get install g++`) or set CXX, or pass backend='aot_eager'."
+                ) from error
+        model = self.language_model.model
+        model.compiled_layers = [torch.compile(layer, *args, **kwargs) for layer in model.layers]
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
