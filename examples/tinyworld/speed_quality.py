@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from robust_u1.evaluation.recovery import recovery_metrics
-from robust_u1.tinyworld import TinyWorld, corrupt_scene_image, load_tinyworld
+from robust_u1.tinyworld import LEVELS, TinyWorld, corrupt_scene_image, load_tinyworld
 from robust_u1.tinyworld.evaluation import accuracy, answer_rows, recover_rows
 
 STEPS = (10, 25, 50)
@@ -116,8 +117,14 @@ def _write_text(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    problem = None
     if args.images < 1:
-        raise SystemExit(f"--images must be at least 1, got {args.images}.")
+        problem = f"--images must be at least 1, got {args.images}."
+    elif unknown := sorted(set(args.levels) - set(LEVELS)):
+        problem = f"--levels {unknown} unknown: choose among {list(LEVELS)}."
+    if problem:  # one line, exit code 2, before loading anything
+        print(f"speed_quality.py: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     torch.set_num_threads(args.threads)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
