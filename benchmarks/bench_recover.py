@@ -3,7 +3,10 @@
 Run: ``python benchmarks/bench_recover.py`` (``--quick`` for fewer repeats). All ratios of one table
 come from one run on the same inputs and the same machine.
 
-1. CFG branches batched vs one after another, and context prefilled once vs per step (10 schedule points).
+1. CFG branches batched vs one after another, and context prefilled once vs per step (10 schedule
+   points). The library's loop (`model.denoise`: batched CFG, contexts prefilled once) is the
+   reference; the two alternatives are written out here step by step with the same schedule,
+   guidance and Euler rule.
 2. TaylorSeer (official defaults) vs the exact sampler at 128² and 256², 50 schedule points with
    guidance: the denoising loop alone (contexts prefilled beforehand) and the whole ``recover()`` call.
 3. ``compile_repeated_blocks()`` vs eager layers for the same loop (compile time excluded, measured
@@ -18,56 +21,57 @@ import torch
 from PIL import Image
 
 from _timing import median_seconds
+from robust_u1 import RecoveryConfig
 from robust_u1.processing_robust_u1 import RobustU1ImageProcessor, RobustU1Processor
-from robust_u1.sampling import GuidanceConfig, euler_step, flow_timesteps, guided_velocity
-from robust_u1.taylorseer import TaylorSeerCache
+from robust_u1.sampling import EulerStep, flow_timesteps, guided_velocity
+from robust_u1.taylorseer import TaylorSeerConfig
 from robust_u1.tiny import tiny_random_model
 
-STEPS = 10
+CONFIG = RecoveryConfig(num_inference_steps=10)
 PROMPT = "Please restore this corrupted image to its clean version."
 
 
-def denoise(model, inputs, per_step_prefill: bool, batched_cfg: bool):
-    guidance = GuidanceConfig()
+def library_loop(model, inputs):
     contexts = model.build_edit_contexts(inputs, sample_posterior=False)
-    x = [torch.randn(h * w, model.config.patch_latent_dim, generator=torch.Generator().manual_seed(0)) for h, w in contexts.grids]
-    timesteps = flow_timesteps(STEPS, 3.0).tolist()
+    x = model.prepare_latents(contexts.grids, generator=torch.Generator().manual_seed(0))
+    return model.denoise(contexts, x, CONFIG).latents
+
+
+def written_out_loop(model, inputs, per_step_prefill: bool):
+    contexts = model.build_edit_contexts(inputs, sample_posterior=False)
+    x = model.prepare_latents(contexts.grids, generator=torch.Generator().manual_seed(0))
+    timesteps = flow_timesteps(CONFIG.num_inference_steps, CONFIG.sampling_shift).tolist()
     for t, t_next in zip(timesteps[:-1], timesteps[1:]):
         if per_step_prefill:
             contexts = model.build_edit_contexts(inputs, sample_posterior=False)
-        if batched_cfg:
-            v = model.guided_velocities(contexts, x, t, guidance)
-        else:
+            v = model.guided_velocities(contexts, x, t, CONFIG)
+        else:  # the three CFG branches one after another
             branches = [model.predict_velocity(c, x, contexts.grids, t) for c in (contexts.gen, contexts.cfg_text, contexts.cfg_img)]
-            v = [guided_velocity(g, tx, im, guidance) for g, tx, im in zip(*branches)]
-        x = [euler_step(a, b, t, t_next) for a, b in zip(x, v)]
+            v = [guided_velocity(g, tx, im, CONFIG) for g, tx, im in zip(*branches)]
+        x = [EulerStep().step(vi[None], xi[None], t, t_next).prev_sample[0] for xi, vi in zip(x, v)]
     return x
 
 
 def denoising_loop(model, contexts, num_steps: int, taylorseer: bool):
-    """The loop of `recover` alone: guided velocities and Euler steps over prefilled contexts."""
-    guidance = GuidanceConfig()
-    cache = TaylorSeerCache() if taylorseer else None
-    x = [torch.randn(h * w, model.config.patch_latent_dim, generator=torch.Generator().manual_seed(0)) for h, w in contexts.grids]
-    timesteps = flow_timesteps(num_steps, 3.0).tolist()
-    for t, t_next in zip(timesteps[:-1], timesteps[1:]):
-        v = model.guided_velocities(contexts, x, t, guidance, taylorseer=cache)
-        x = [euler_step(a, b, t, t_next) for a, b in zip(x, v)]
-    return x
+    """The loop of `recover` alone (`model.denoise` over prefilled contexts), TaylorSeer on or off."""
+    x = model.prepare_latents(contexts.grids, generator=torch.Generator().manual_seed(0))
+    config = RecoveryConfig(num_inference_steps=num_steps)
+    return model.denoise(contexts, x, config, taylorseer=TaylorSeerConfig() if taylorseer else None).latents
 
 
 def batching_and_prefill(model, repeats: int, size=(128, 128)):
     inputs = model.prepare_edit_inputs([Image.new("RGB", size, (120, 80, 40))], prompt=PROMPT)
-    batched = denoise(model, inputs, False, True)
-    sequential = denoise(model, inputs, False, False)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(batched, sequential))
+    reference = library_loop(model, inputs)
+    for per_step_prefill in (False, True):
+        other = written_out_loop(model, inputs, per_step_prefill)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, other))
     runs = {
-        "batched CFG, prefill once": median_seconds(lambda: denoise(model, inputs, False, True), repeats),
-        "sequential CFG, prefill once": median_seconds(lambda: denoise(model, inputs, False, False), repeats),
-        "batched CFG, prefill every step": median_seconds(lambda: denoise(model, inputs, True, True), repeats),
+        "batched CFG, prefill once": median_seconds(lambda: library_loop(model, inputs), repeats),
+        "sequential CFG, prefill once": median_seconds(lambda: written_out_loop(model, inputs, False), repeats),
+        "batched CFG, prefill every step": median_seconds(lambda: written_out_loop(model, inputs, True), repeats),
     }
     base = runs["batched CFG, prefill once"]
-    print(f"\nrecover() on a {size[0]}×{size[1]} image, {STEPS} schedule points, tiny model")
+    print(f"\nrecover() on a {size[0]}×{size[1]} image, {CONFIG.num_inference_steps} schedule points, tiny model")
     for name, seconds in runs.items():
         print(f"{name:>34}: {seconds * 1e3:8.1f} ms  (×{seconds / base:.2f} of batched + prefill once)")
 

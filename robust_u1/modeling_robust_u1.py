@@ -34,9 +34,11 @@ from .attention import (
     packed_sdpa,
     resolve_attention_backend,
 )
+from .configuration_recovery import RecoveryConfig
 from .configuration_robust_u1 import RobustU1Config
 from .generation_robust_u1 import RobustU1GenerationMixin
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
+from .sampling.schedule import shift_timesteps
 from .taylorseer import TaylorSeerStep
 
 # ----------------------------------------------------------------------------------------------
@@ -479,6 +481,8 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
                 model.processor = RobustU1Processor.from_pretrained(pretrained_model_name_or_path)
             except (OSError, ValueError):
                 model.processor = None  # a checkpoint saved without its processor
+            hub_kwargs = {k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir", "local_files_only")}
+            model.recovery_config = RecoveryConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
             return model
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         device_map = kwargs.pop("device_map", None)
@@ -486,6 +490,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             raise ValueError("Official-layout checkpoints load onto one device: pass device_map='cuda' or similar.")
         model = load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
         model.processor = official_processor(official)
+        model.recovery_config = RecoveryConfig.from_pretrained(official)
         return model
 
     def rebuild_non_persistent_buffers(self, device: str | torch.device = "cpu") -> None:
@@ -782,8 +787,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             ).float()
             noise = torch.randn_like(clean) if noise is None else noise.to(clean)
             shift = self.config.timestep_shift if timestep_shift is None else timestep_shift
-            t = torch.sigmoid(packed_timesteps.float())
-            t = shift * t / (1 + (shift - 1) * t)
+            t = shift_timesteps(torch.sigmoid(packed_timesteps.float()), shift)
             x_t = (1 - t[:, None]) * clean + t[:, None] * noise
             embeds[packed_vae_token_indexes] = self.embed_latent_tokens(x_t, t, packed_latent_position_ids)
             gen_mask[packed_vae_token_indexes] = True

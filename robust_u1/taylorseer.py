@@ -27,15 +27,17 @@ Where it is not valid: anything that differentiates through the sampler or train
 transitions. A Taylor call's velocity does not depend on the current latent (nor on ``t``), so the
 velocities of Flow-GRPO's SDE steps, whose log-probabilities the trainer recomputes with the exact
 forward, would come from a different function than the one trained, and gradients cannot flow
-through skipped layers. `TaylorSeerCache` therefore refuses to run with gradients enabled, and the
-GRPO trainer's rollouts do not use it.
+through skipped layers. `TaylorSeerCache` therefore refuses to run with gradients enabled, and
+`model.denoise` refuses it together with a stochastic step rule (Flow-GRPO's SDE window). ODE
+sampling (`recover`, or a `denoise` call with the Euler rule) is where it is valid.
 
 Example:
 
 ```python
 >>> restored = model.recover(image, num_inference_steps=50, enable_taylorseer=True)
->>> # or with other settings than the official defaults:
+>>> # other settings than the official defaults, or the loop itself:
 >>> restored = model.recover(image, enable_taylorseer=True, taylorseer_config=TaylorSeerConfig(fresh_threshold=4))
+>>> out = model.denoise(contexts, noise, RecoveryConfig(), taylorseer=TaylorSeerConfig())
 ```
 """
 
@@ -182,8 +184,8 @@ class BranchFeatureCache:
 class TaylorSeerCache:
     """TaylorSeer state of one denoising run: one `BranchFeatureCache` per guidance branch.
 
-    Create one per run (``recover(enable_taylorseer=True)`` does) and pass it to
-    ``model.guided_velocities(..., taylorseer=cache)`` at every step. A branch's cache starts at its
+    Create one per run (``model.denoise(..., taylorseer=config)`` and ``recover(enable_taylorseer=True)``
+    do) and pass it to ``model.guided_velocities(..., taylorseer=cache)`` at every step. A branch's cache starts at its
     first call, so a CFG branch that only runs inside ``cfg_interval`` counts only those calls.
 
     Example:

@@ -87,7 +87,7 @@ def test_branches_keep_their_own_counters_inside_a_cfg_interval(tiny):
     inputs = tiny.prepare_edit_inputs(images((32, 48), (48, 32)), PROMPT)  # two sizes in one batch
     contexts = tiny.build_edit_contexts(inputs, sample_posterior=False)
     guidance = GuidanceConfig(cfg_interval=(0.3, 0.9))
-    x = tiny._initial_latents(contexts.grids, None, torch.Generator().manual_seed(1))
+    x = tiny.prepare_latents(contexts.grids, generator=torch.Generator().manual_seed(1))
     batched, alone = TaylorSeerCache(), TaylorSeerCache()
     timesteps = flow_timesteps(30, 3.0).tolist()
     mixed_steps = 0
@@ -135,3 +135,19 @@ def test_refused_with_gradients_and_across_runs(tiny):
         bigger = tiny.build_edit_contexts(tiny.prepare_edit_inputs(images((48, 32)), PROMPT), sample_posterior=False)
         with pytest.raises(ValueError, match=r"TaylorSeer cache holds queries of \[6\] tokens but this call has \[8\]"):
             tiny.guided_velocities(bigger, [torch.randn(6, 64)], 0.9, guidance, taylorseer=taylorseer)
+
+
+def test_refused_for_stochastic_steps(tiny):
+    """Flow-GRPO's SDE window must see exact velocities: `denoise` rejects TaylorSeer with a stochastic rule."""
+    from robust_u1 import RecoveryConfig
+    from robust_u1.sampling import SDEStep
+
+    with torch.no_grad():
+        contexts = tiny.build_edit_contexts(tiny.prepare_edit_inputs(images((32, 32)), PROMPT), sample_posterior=False)
+    x = tiny.prepare_latents(contexts.grids, generator=torch.Generator().manual_seed(0))
+    config = RecoveryConfig(num_inference_steps=8)
+    with pytest.raises(ValueError, match=r"TaylorSeer cannot drive stochastic \(SDE\) steps"), torch.no_grad():
+        tiny.denoise(contexts, x, config, step_rule=SDEStep(), sde_window=[1, 2], taylorseer=TaylorSeerConfig())
+    with torch.no_grad():  # the Euler rule: the same as recover(enable_taylorseer=True)
+        out = tiny.denoise(contexts, x, config, taylorseer={"fresh_threshold": 2})
+    assert out.steps_run == 7 and torch.isfinite(out.latents[0]).all()
