@@ -319,7 +319,10 @@ class RobustU1GenerationMixin:
         for k in tqdm(range(num_steps), disable=not progress, desc="recover"):
             t, t_next = timesteps[k], timesteps[k + 1]
             # 1. The guided velocity of every image (its contexts run as one batched forward).
-            velocities = self.guided_velocities(contexts, x, t, config, taylorseer=feature_cache)
+            if feature_cache is None:
+                velocities = self.guided_velocities(contexts, x, t, config)
+            else:
+                velocities = self.guided_velocities(contexts, x, t, config, taylorseer=feature_cache)
             # 2. One step of the rule, image by image (their token counts may differ).
             rule = step_rule if k in window else euler
             outputs = [
