@@ -77,28 +77,32 @@ def batching_and_prefill(model, repeats: int, size=(128, 128)):
 
 
 def interleaved_medians(runs: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds of each function, run in turns (A, B, A, B, …) so that load changes on a shared
-    machine hit every variant alike."""
+    """Median (wall, CPU) seconds of each function, run in turns (A, B, A, B, …) so that load changes
+    on a shared machine hit every variant alike. The CPU time of this process is the steadier figure
+    when other jobs share the cores (one intra-op thread: CPU time ≈ the work done)."""
     for fn in runs.values():
         for _ in range(warmup):
             fn()
-    times = {name: [] for name in runs}
+    times = {name: ([], []) for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name][0].append(time.perf_counter() - start)
+            times[name][1].append(time.process_time() - cpu_start)
+    return {name: (statistics.median(wall), statistics.median(cpu)) for name, (wall, cpu) in times.items()}
 
 
 def _row(label, name, pair):
-    base, other = pair
-    print(f"{label:>8} | {name:<38} | {base * 1e3:10.1f} ms | {other * 1e3:18.1f} ms | ×{base / other:7.2f}")
+    (base, base_cpu), (other, other_cpu) = pair
+    print(f"{label:>6} | {name:<36} | {base * 1e3:7.1f} ({base_cpu * 1e3:7.1f}) ms | {other * 1e3:7.1f} ({other_cpu * 1e3:7.1f}) ms"
+          f" | ×{base / other:5.2f} (×{base_cpu / other_cpu:5.2f})")  # fmt: skip
 
 
 def taylorseer_and_compile(model, processor, repeats: int, sizes, num_steps: int = 50):
     print(f"\nTaylorSeer and compilation, tiny model, {num_steps} schedule points, guidance on (3 branches per step)")
-    print(f"{'size':>8} | {'measurement':<38} | {'exact / eager':>13} | {'TaylorSeer / compiled':>21} | {'speed-up':>8}")
+    print("wall time (CPU time of this process) per run, medians")
+    print(f"{'size':>6} | {'measurement':<36} | {'exact / eager':>21} | {'TaylorSeer / compiled':>21} | speed-up wall (CPU)")
     prepared = {}
     for size in sizes:
         image = Image.new("RGB", size, (120, 80, 40))
@@ -131,7 +135,7 @@ def taylorseer_and_compile(model, processor, repeats: int, sizes, num_steps: int
                 denoising_loop(model, contexts, num_steps, False)
 
         pair = interleaved_medians({"eager": lambda: loop(None), "compiled": lambda: loop(compiled_layers)}, repeats)
-        _row(label, f"denoising loop, compiled (+{compile_seconds:.0f} s once)", (pair["eager"], pair["compiled"]))
+        _row(label, f"loop, compiled (+{compile_seconds:.0f} s once)", (pair["eager"], pair["compiled"]))
     decoder.compiled_layers = None
 
 

@@ -277,11 +277,16 @@ def taylorseer_settings(golden):
     return config, inputs
 
 
-def taylorseer_guidance(golden, cfg):
+def taylorseer_guidance(golden, cfg, parity_dir):
+    import json
+
+    info = parity_dir / "taylorseer.json"  # the renorm type is only recorded there (text_channel in the public set)
+    settings = json.loads(info.read_text())["settings"]["cfg"] if info.exists() else {}
     scale = lambda name: float(golden[f"taylorseer/params/{name}"]) if cfg == "cfg" else 1.0  # noqa: E731
     return GuidanceConfig(
         cfg_text_scale=scale("cfg_text_scale"), cfg_img_scale=scale("cfg_img_scale"),
-        cfg_interval=tuple(golden["taylorseer/params/cfg_interval"].tolist()), cfg_renorm_type="text_channel",
+        cfg_interval=tuple(golden["taylorseer/params/cfg_interval"].tolist()),
+        cfg_renorm_type=settings.get("cfg_renorm_type", "text_channel"),
         cfg_renorm_min=float(golden["taylorseer/params/cfg_renorm_min"]),
     )  # fmt: skip
 
@@ -308,7 +313,7 @@ def test_taylorseer_denoising_loop(parity_model, taylorseer_golden, parity_dir, 
     model, golden = parity_model, taylorseer_golden
     prefix = f"taylorseer/{cfg}/{mode}"
     config, inputs = taylorseer_settings(golden)
-    guidance = taylorseer_guidance(golden, cfg)
+    guidance = taylorseer_guidance(golden, cfg, parity_dir)
     kwargs = dict(
         num_inference_steps=int(golden["taylorseer/params/num_timesteps"]),
         timestep_shift=float(golden["taylorseer/params/timestep_shift"]),
@@ -363,17 +368,17 @@ def test_taylorseer_denoising_loop(parity_model, taylorseer_golden, parity_dir, 
 
 
 @torch.no_grad()
-def test_taylorseer_state_does_not_leak_between_calls(parity_model, taylorseer_golden):
+def test_taylorseer_state_does_not_leak_between_calls(parity_model, taylorseer_golden, parity_dir):
     """The official code keeps its TaylorSeer state on the model; here every call starts fresh."""
     golden = taylorseer_golden
     config, inputs = taylorseer_settings(golden)
-    guidance = taylorseer_guidance(golden, "cfg")
+    guidance = taylorseer_guidance(golden, "cfg", parity_dir)
     kwargs = dict(
         num_inference_steps=int(golden["taylorseer/params/num_timesteps"]),
         timestep_shift=float(golden["taylorseer/params/timestep_shift"]),
         cfg_text_scale=guidance.cfg_text_scale, cfg_img_scale=guidance.cfg_img_scale, cfg_interval=guidance.cfg_interval,
-        cfg_renorm_min=guidance.cfg_renorm_min, latents=[golden["taylorseer/init_noise"]], sample_posterior=False,
-        progress=False, output_type="latent",
+        cfg_renorm_type=guidance.cfg_renorm_type, cfg_renorm_min=guidance.cfg_renorm_min,
+        latents=[golden["taylorseer/init_noise"]], sample_posterior=False, progress=False, output_type="latent",
     )  # fmt: skip
     (first,) = parity_model.recover(inputs, enable_taylorseer=True, taylorseer_config=config, **kwargs)
     (exact,) = parity_model.recover(inputs, **kwargs)
