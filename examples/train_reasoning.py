@@ -28,7 +28,7 @@ import datasets
 import torch
 from transformers import Trainer
 
-from robust_u1 import RobustU1ForConditionalGeneration, tiny_random_model
+from robust_u1 import RobustU1ForConditionalGeneration, TrainingSafetyCallback, tiny_random_model
 from robust_u1.reasoning import (
     ReasoningCollator,
     answer_token_loss,
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_dataset=split["train"],
         eval_dataset=split["test"],
         data_collator=collator,
+        callbacks=[TrainingSafetyCallback()],  # stops on NaN loss/gradients; skips interrupted checkpoints
     )
     before = answer_token_loss(model, split["test"], collator, batch_size=args.batch_size)
     trainer.train()

@@ -42,6 +42,8 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "generation_lora_config": ".trainers",
     "FlowGRPOConfig": ".trainers",
     "FlowGRPOTrainer": ".trainers",
+    "TrainingSafetyCallback": ".trainers",
+    "NonFiniteTrainingError": ".trainers",
     "build_reasoning_dataset": ".reasoning",
     "ReasoningCollator": ".reasoning",
     "load_robust_r1_jsonl": ".reasoning",

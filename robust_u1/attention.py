@@ -10,9 +10,13 @@ ViT image, a VAE image), each of one mode:
   of training, which must not leak into what follows).
 
 Every token also sees the whole cache of its sequence and every earlier split of its sequence;
-sequences never see each other. One rule, two kernels: per-sequence SDPA with a dense boolean mask
-(or no mask where everything is visible, which lets SDPA pick its flash kernel), and one
-FlexAttention call over the whole packed batch whose ``mask_mod`` evaluates the same rule.
+sequences never see each other. One rule, two kernels: per-sequence SDPA, and one FlexAttention
+call over the whole packed batch whose ``mask_mod`` evaluates the same rule. SDPA gets the
+cheapest description of each sequence's pattern: no mask where everything is visible (image
+blocks, decoding steps), ``is_causal`` for a causal split without cache (a text prefill), a
+lower-right `CausalBias` for a causal split after a cache, and a dense boolean mask only for
+several splits (training batches, where CUDA uses FlexAttention instead), so that memory does
+not grow with the square of a prompt's length.
 """
 
 from __future__ import annotations
@@ -102,6 +106,25 @@ class PackedAttentionLayout:
         )  # fmt: skip
 
 
+    def sequence_attention(self, index: int, device: torch.device, grouped_query: bool = False):
+        """SDPA arguments ``(attn_mask, is_causal)`` of one sequence, without a dense mask where the
+        pattern is described by its lengths alone (see the module docstring).
+
+        ``grouped_query`` (fewer key/value heads than query heads) keeps a dense mask after a cache:
+        `CausalBias` hands unexpanded grouped heads to the CUDA kernels it dispatches to.
+        """
+        lens, modes = self.sequence_splits(index)
+        num_new, cache_len = sum(lens), self.cache_lens[index]
+        if len(lens) == 1 and modes[0] == "causal" and num_new > 1:
+            if cache_len == 0:
+                return None, True
+            if not grouped_query:
+                from torch.nn.attention.bias import causal_lower_right
+
+                return causal_lower_right(num_new, cache_len + num_new), False
+        return self.sequence_mask(index, device), False
+
+
 def _visible(query_split, key_split, query_pos, key_pos, query_causal, key_noise):
     """The attention rule, shared by the dense masks and FlexAttention's mask_mod."""
     earlier = (key_split < query_split) & ~key_noise
@@ -119,15 +142,17 @@ def packed_sdpa(
     """Attention of packed queries [N, Hq, D] against per-sequence keys/values [cache + new, Hkv, D].
 
     Runs one SDPA call per sequence (grouped-query heads handled by SDPA), which on CUDA uses the
-    flash kernel wherever the mask is all-visible (image blocks, decoding steps).
+    flash kernel wherever the pattern needs no dense mask (image blocks, decoding steps, text
+    prefills).
     """
     outputs, start = [], 0
     for index, length in enumerate(layout.query_lens):
         q = query[start : start + length].transpose(0, 1)[None]
         k = keys[index].transpose(0, 1)[None]
         v = values[index].transpose(0, 1)[None]
-        mask = layout.sequence_mask(index, query.device)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+        grouped = q.shape[1] != k.shape[1]
+        mask, is_causal = layout.sequence_attention(index, query.device, grouped_query=grouped)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=grouped)
         outputs.append(out[0].transpose(0, 1))
         start += length
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]

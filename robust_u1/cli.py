@@ -120,31 +120,78 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from .corruptions import degrade_at_level
     from .evaluation import (
+        KNOWN_BENCHMARKS,
+        STRENGTH_NAMES,
+        JudgeRequestError,
+        MissingAPIKeyError,
         evaluate_benchmark,
         load_mcq_benchmark,
         load_rbench,
         write_report,
     )
 
-    if args.benchmark.lower().replace("-", "") == "rbench":
-        benchmark = load_rbench(_judge(args), **({"source": args.source} if args.source else {}))
-        degrade = None
-    else:
-        benchmark = load_mcq_benchmark(args.source or args.benchmark, name=args.benchmark)
-        degrade = lambda image, level, seed: degrade_at_level(image, level, seed)[0]  # noqa: E731
-    if args.limit:
-        benchmark.items = benchmark.items[: args.limit]
-    model = _load(args.model, args.dtype)
-    answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs={**_recover_kwargs(args), "progress": False})
-    output = Path(args.output)
-    results = evaluate_benchmark(
-        benchmark, answerer, levels=args.levels, modes=args.modes, degrade=degrade, seed=args.seed,
-        cache_path=output / "answers.jsonl", model_name=args.model,
-    )  # fmt: skip
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}.")
+    is_rbench = args.benchmark.lower().replace("-", "") == "rbench"
+    try:
+        if is_rbench:
+            benchmark = load_rbench(_judge(args), **({"source": args.source} if args.source else {}))
+            degrade = None
+            levels = _rbench_levels(args.levels, STRENGTH_NAMES)
+        else:
+            named = args.source is not None or args.benchmark in KNOWN_BENCHMARKS
+            benchmark = load_mcq_benchmark(args.source or args.benchmark, name=args.benchmark if named else None)
+            degrade = lambda image, level, seed: degrade_at_level(image, level, seed)[0]  # noqa: E731
+            levels = _mcq_levels(args.levels)
+        if args.limit:
+            benchmark.items = benchmark.items[: args.limit]
+        output = Path(args.output)
+        # evaluate_benchmark reads the caches and checks the judge before the first answer, and the model loads
+        # only then: bad input fails in seconds, and a fully cached run (re-scoring, a new report) never loads it.
+        results = evaluate_benchmark(
+            benchmark, _lazy_answerer(args), levels=levels, modes=args.modes, degrade=degrade, seed=args.seed,
+            cache_path=output / "answers.jsonl", model_name=args.model,
+        )  # fmt: skip
+    except (MissingAPIKeyError, JudgeRequestError) as error:
+        # Judge failures are RuntimeErrors; they get the CLI's one-line error too, never a traceback.
+        print(f"robust-u1 eval: error: {error}", file=sys.stderr)
+        return 2
     written = write_report([results], output)
     print(written["markdown"].read_text())
     print(f"Report: {written['markdown']}  plot: {written['plot']}  results: {written['json']}")
     return 0
+
+
+def _lazy_answerer(args: argparse.Namespace):
+    answerer = None
+
+    def answer(image, prompt, options, mode):
+        nonlocal answerer
+        if answerer is None:
+            model = _load(args.model, args.dtype)
+            recover_kwargs = {**_recover_kwargs(args), "progress": False}
+            answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs=recover_kwargs)
+        return answerer(image, prompt, options, mode)
+
+    return answer
+
+
+def _mcq_levels(levels: list[str] | None) -> list[int] | None:
+    if levels is None:
+        return None
+    if not all(level.isdigit() and 0 <= int(level) <= 100 for level in levels):
+        raise ValueError(f"--levels for a multiple-choice benchmark are percentages 0..100 (e.g. 0 25 50 100), got {levels}.")
+    return [int(level) for level in levels]
+
+
+def _rbench_levels(levels: list[str] | None, strength_names: dict[int, str]) -> list[str] | None:
+    if levels is None:
+        return None
+    names = [strength_names.get(int(level), level) if level.isdigit() else level.lower() for level in levels]
+    unknown = [level for level, name in zip(levels, names) if name not in strength_names.values()]
+    if unknown:
+        raise ValueError(f"--levels for R-Bench are {list(strength_names.values())} (or 1 2 3), got {unknown}.")
+    return names
 
 
 def _judge(args):
@@ -155,7 +202,9 @@ def _judge(args):
     if args.judge == "openai":
         if not (args.judge_url and args.judge_model):
             raise ValueError("--judge openai needs --judge-url and --judge-model (the key comes from $OPENAI_API_KEY).")
-        return OpenAICompatibleJudge(args.judge_url, args.judge_model)
+        return OpenAICompatibleJudge(
+            args.judge_url, args.judge_model, timeout=args.judge_timeout, max_retries=args.judge_retries
+        )
     if not args.judge_model:
         raise ValueError("--judge transformers needs --judge-model (a local folder or Hub id).")
     return TransformersJudge(args.judge_model)
@@ -219,14 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="Evaluate under corruption (MCQ benchmarks or R-Bench).", **sampling)
     evaluate.add_argument("benchmark", help="MMStar, RealWorldQA, MMMB, R-Bench, or a name for --source.")
-    evaluate.add_argument("--source", default=None, help="A local TSV / parquet / Hub id instead of the default source.")
+    evaluate.add_argument(
+        "--source", default=None,
+        help="A local .tsv / .csv / .parquet / .jsonl / .json file or a Hub dataset id instead of the default source.",
+    )  # fmt: skip
     evaluate.add_argument("--output", required=True, help="Folder for answers (resumable cache) and the report.")
-    evaluate.add_argument("--levels", type=int, nargs="+", default=None, help="Degradation levels (MCQ: 0 25 50 100).")
-    evaluate.add_argument("--modes", nargs="+", default=["baseline", "recover", "oracle"])
+    evaluate.add_argument(
+        "--levels", nargs="+", default=None, help="Degradation levels (MCQ: 0 25 50 100; R-Bench: low mid high)."
+    )
+    evaluate.add_argument("--modes", nargs="+", default=["baseline", "recover", "oracle"], choices=["baseline", "recover", "oracle"])
     evaluate.add_argument("--limit", type=int, default=None, help="Only the first N items.")
     evaluate.add_argument("--judge", choices=["exact", "openai", "transformers"], default="exact")
-    evaluate.add_argument("--judge-url", default=None)
+    evaluate.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL (…/v1) for --judge openai.")
     evaluate.add_argument("--judge-model", default=None)
+    evaluate.add_argument(
+        "--judge-timeout", type=float, default=60.0, help="Seconds to wait for each judge reply (default 60)."
+    )
+    evaluate.add_argument(
+        "--judge-retries", type=int, default=2, help="Retries of a judge request after a timeout, 429 or 5xx (default 2)."
+    )
     evaluate.add_argument("--max-new-tokens", type=int, default=64)
     _add_sampling_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)

@@ -68,14 +68,27 @@ class PackedBatchBuilder:
     latent_stride: int  # pixels per latent token side (VAE downsample × latent patch)
     max_latent_size: int
     max_tokens_per_batch: int | None = None
+    max_sequence_length: int | None = None  # the model's max_position_embeddings: the longest sample
 
     @classmethod
     def from_config(cls, config, max_tokens_per_batch: int | None = None) -> PackedBatchBuilder:
         return cls(
             config.bos_token_id, config.eos_token_id, config.start_of_image_token_id, config.end_of_image_token_id,
             config.vision_config.patch_size, config.vit_max_num_patch_per_side, config.pixels_per_latent_token,
-            config.max_latent_size, max_tokens_per_batch,
+            config.max_latent_size, max_tokens_per_batch, config.text_config.max_position_embeddings,
         )  # fmt: skip
+
+    def sample_length(self, items: Sequence[TextItem | VitItem | VaeItem]) -> int:
+        """Tokens a sample packs to (text and image tokens, wrappers and markers included)."""
+        length = 0
+        for item in items:
+            if isinstance(item, TextItem):
+                length += torch.as_tensor(item.ids).numel() + 2
+            elif isinstance(item, VitItem):
+                length += (item.pixel_values.shape[1] // self.vit_patch_size) * (item.pixel_values.shape[2] // self.vit_patch_size) + 2
+            elif isinstance(item, VaeItem):
+                length += (item.pixel_values.shape[1] // self.latent_stride) * (item.pixel_values.shape[2] // self.latent_stride) + 2
+        return length
 
     def __call__(self, samples: Sequence[Sequence[TextItem | VitItem | VaeItem]]) -> dict[str, Any]:
         s: dict[str, list] = {key: [] for key in (
@@ -84,6 +97,15 @@ class PackedBatchBuilder:
             "vae_images", "vae_noisy", "vae_sample", "vae_shapes", "latent_position_ids", "vae_indexes", "vae_token_counts",
             "mse_indexes", "ce_indexes", "labels",
         )}  # fmt: skip
+        if self.max_sequence_length is not None:
+            for sample_index, items in enumerate(samples):
+                length = self.sample_length(items)
+                if length > self.max_sequence_length:
+                    raise ValueError(
+                        f"Sample {sample_index} of the batch packs {length} tokens (text and image tokens together), more "
+                        f"than max_position_embeddings={self.max_sequence_length} of the model; shorten its text or lower "
+                        "the image size bounds."
+                    )
         cursor = 0
         for sample_index, items in enumerate(samples):
             start, position = cursor, 0

@@ -94,8 +94,8 @@ def grpo_advantages(
     ``group_ids`` (one hashable per reward, e.g. the prompt or sample id, as flow_grpo's per-prompt tracker).
     ``scale_rewards`` follows TRL: ``"group"`` divides by the group std, ``"batch"`` by the std of the whole
     batch (flow_grpo ``global_std``), ``"none"`` does not divide. The std is the population std (``ddof=0``,
-    flow_grpo's ``np.std``), not TRL's unbiased one. NaN rewards (unscorable samples) are left out of every
-    mean and std and get advantage 0, so they contribute no gradient. ``clip=None`` disables clipping.
+    flow_grpo's ``np.std``), not TRL's unbiased one. NaN and ±inf rewards (unscorable samples) are left out
+    of every mean and std and get advantage 0, so they contribute no gradient. ``clip=None`` disables clipping.
 
     Example::
 
@@ -106,7 +106,7 @@ def grpo_advantages(
         raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
     rewards_64 = rewards.detach().reshape(-1).double()  # fp64 statistics, as flow_grpo's numpy tracker
     group = _group_index(rewards_64.numel(), num_generations, group_ids, rewards_64.device)
-    valid = ~torch.isnan(rewards_64)
+    valid = torch.isfinite(rewards_64)  # ±inf is unscored like NaN: it would make its whole group NaN
     filled = torch.where(valid, rewards_64, torch.zeros_like(rewards_64))
 
     num_groups = int(group.max()) + 1 if group.numel() else 0

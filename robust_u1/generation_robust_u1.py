@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from transformers import (
 )
 
 from .evaluation.options import extract_option, final_answer_text, strip_reasoning
-from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
+from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt, check_options
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .configuration_recovery import GuidanceConfig, RecoveryConfig, resolve_recovery_config
 from .sampling import EulerStep, StepRule, flow_timesteps, guided_velocity
@@ -444,6 +445,7 @@ class RobustU1GenerationMixin:
         ``prompt`` is one prompt for every image (text or token ids) or a list with one per image.
         """
         if isinstance(images, EditInputs):
+            self.check_edit_lengths(images)
             return images
         processor = processor or self.processor
         if processor is None:
@@ -467,7 +469,27 @@ class RobustU1GenerationMixin:
             torch.tensor(processor.tokenizer.encode(p, add_special_tokens=False)) if isinstance(p, str) else torch.as_tensor(p, dtype=torch.long)
             for p in prompts
         ]
-        return EditInputs(vae_pixels, vit_pixels, ids)
+        inputs = EditInputs(vae_pixels, vit_pixels, ids)
+        self.check_edit_lengths(inputs)
+        return inputs
+
+    def check_edit_lengths(self, inputs: EditInputs) -> None:
+        """Checks before any computation that each recovery fits in ``max_position_embeddings``: the
+        context [VAE(I_c), ViT(I_c), prompt] and the noisy latent query that attends to it.
+
+        Example:
+
+        ```python
+        >>> model.check_edit_lengths(model.prepare_edit_inputs([image], processor=processor))
+        ```
+        """
+        stride, patch = self.config.pixels_per_latent_token, self.config.vision_config.patch_size
+        lengths = []
+        for vae, vit, ids in zip(inputs.vae_pixel_values, inputs.vit_pixel_values, inputs.prompt_ids):
+            latent_tokens = (vae.shape[1] // stride) * (vae.shape[2] // stride) + 2
+            vit_tokens = (vit.shape[1] // patch) * (vit.shape[2] // patch) + 2
+            lengths.append(2 * latent_tokens + vit_tokens + torch.as_tensor(ids).numel() + 2)
+        self.check_sequence_lengths(lengths)
 
     @property
     def recovery_config(self) -> RecoveryConfig:
@@ -629,9 +651,16 @@ class RobustU1GenerationMixin:
         """
         if kwargs:
             raise TypeError(f"Unsupported generate() arguments: {sorted(kwargs)}")
+        check_generation_arguments(max_new_tokens, do_sample, temperature, top_p, top_k, generator)
         processor = processor or self.processor
-        batch = [inputs] if not inputs or not isinstance(inputs[0], (list, tuple)) else list(inputs)
+        if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (list, tuple)) or not inputs:
+            raise ValueError(
+                "generate() takes a non-empty list of interleaved items (texts and images), or a batch of such lists, "
+                f"e.g. [image, 'What is shown?']; got {type(inputs).__name__}."
+            )
+        batch = [inputs] if not isinstance(inputs[0], (list, tuple)) else list(inputs)
         sequences = [self._as_blocks(items, processor, think) for items in batch]
+        self.check_sequence_lengths([self.sequence_length(blocks) for blocks in sequences], max_new_tokens)
         cache = self.new_cache(len(sequences))
         for step in range(max(len(blocks) for blocks in sequences)):
             rows = [i for i, blocks in enumerate(sequences) if step < len(blocks)]
@@ -710,9 +739,23 @@ class RobustU1GenerationMixin:
         processor = processor or self.processor
         if processor is None:
             raise ValueError("answer() needs a processor (tokenizer): pass `processor=` or set `model.processor`.")
+        if not isinstance(question, str):
+            raise TypeError(f"question must be a str, got {type(question).__name__}.")
+        if options is not None:
+            check_options(options)
+        check_generation_arguments(
+            max_new_tokens, do_sample, temperature, generate_kwargs.get("top_p", 1.0), generate_kwargs.get("top_k", 0),
+            generate_kwargs.get("generator"),
+        )  # fmt: skip
         image = _as_image_input(image)
         if prompt is None:
             prompt = build_mcq_prompt(question, options, recover=recover) if options else build_open_prompt(question, recover=recover)
+        # The answer's sequence is known before the (expensive) recovery: check its length first.
+        length = self.sequence_length(self._as_blocks([image, prompt], processor, think))
+        if recover:
+            recovered_size = tuple(processor.image_processor.vae_pixel_values(image).shape[:0:-1])  # (W, H) of I_r
+            length += self.sequence_length([VitImageBlock(processor.image_processor.vit_pixel_values(Image.new("RGB", recovered_size)))])
+        self.check_sequence_lengths([length], max_new_tokens)
         recovered = None
         if recover:
             recovered = self.recover(image, processor=processor, output_type="pil", **(recover_kwargs or {}))
@@ -756,6 +799,31 @@ class RobustU1GenerationMixin:
             return {"answer": result.raw_text, "reasoning": result.reasoning, "recovered_image": result.recovered_image}
 
         return answer_fn
+
+
+def check_generation_arguments(
+    max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, top_k: int, generator=None
+) -> None:
+    """One-line `ValueError` / `TypeError` for text-generation settings that would fail late or mean nothing.
+
+    Example:
+        >>> check_generation_arguments(0, False, 1.0, 1.0, 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_new_tokens must be a positive int, got 0.
+    """
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 disables it), got {top_k!r}.")
+    if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}.")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature):
+        raise ValueError(f"temperature must be a finite number, got {temperature!r}.")
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when do_sample=True, got {temperature!r}; use do_sample=False for greedy decoding.")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; e.g. torch.Generator().manual_seed(0).")
 
 
 def _as_image_input(image):

@@ -291,19 +291,26 @@ class RobustU1VisionTransformer(nn.Module):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, packed_patches, position_ids, seqlens: Sequence[int]) -> torch.Tensor:
-        hidden_states = self.embeddings(packed_patches, position_ids)[None]
-        mask = None
-        if len(seqlens) > 1:
-            image_of_token = torch.repeat_interleave(
-                torch.arange(len(seqlens), device=hidden_states.device),
-                torch.as_tensor(list(seqlens), device=hidden_states.device),
-            )
-            same_image = image_of_token[:, None] == image_of_token[None, :]
-            mask = torch.zeros(same_image.shape, dtype=hidden_states.dtype, device=hidden_states.device)
-            mask = mask.masked_fill(~same_image, torch.finfo(hidden_states.dtype).min)[None, None]
+        embeddings = self.embeddings(packed_patches, position_ids)
+        seqlens = [int(n) for n in seqlens]
+        if len(set(seqlens)) <= 1:  # one image, or images of one size: a batch without any mask
+            count = max(len(seqlens), 1)
+            return self._encode(embeddings.reshape(count, -1, embeddings.shape[-1])).reshape(embeddings.shape)
+        # Images of several sizes: one unmasked batch per size rather than a block-diagonal
+        # [N, N] mask over all packed tokens, whose memory grows with the square of N.
+        pieces = list(embeddings.split(seqlens))
+        outputs: list[torch.Tensor | None] = [None] * len(pieces)
+        for length in dict.fromkeys(seqlens):
+            indices = [i for i, n in enumerate(seqlens) if n == length]
+            encoded = self._encode(torch.stack([pieces[i] for i in indices]))
+            for i, out in zip(indices, encoded):
+                outputs[i] = out
+        return torch.cat(outputs)
+
+    def _encode(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for layer in self.encoder.layers:
-            hidden_states = layer(hidden_states, mask)
-        return self.post_layernorm(hidden_states)[0]
+            hidden_states = layer(hidden_states, None)
+        return self.post_layernorm(hidden_states)
 
 
 class RobustU1VisionModel(nn.Module):
@@ -409,9 +416,27 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         self.vae2llm = nn.Linear(config.patch_latent_dim, text.hidden_size)
         self.llm2vae = nn.Linear(text.hidden_size, config.patch_latent_dim)
         self.vae = AutoencoderKL(**config.vae_config)
-        self.vae.requires_grad_(False)  # the VAE is frozen in every Robust-U1 stage
         self.attention_backend = "auto"
         self.post_init()
+        self.freeze_fixed_parts()
+
+    def freeze_fixed_parts(self) -> None:
+        """Sets ``requires_grad=False`` on what never trains: the VAE and the sin-cos tables
+        ``vit_pos_embed`` / ``latent_pos_embed`` (frozen in every BAGEL / Robust-U1 stage).
+
+        Called at construction and again after every `from_pretrained`: transformers' loader rebuilds
+        each loaded parameter with ``requires_grad=True`` whatever the module had set.
+
+        Example:
+
+        ```python
+        >>> model.freeze_fixed_parts()
+        >>> any(p.requires_grad for p in model.vae.parameters())
+        False
+        ```
+        """
+        for module in (self.vae, self.vit_pos_embed, self.latent_pos_embed):
+            module.requires_grad_(False)
 
     _repeated_blocks = ["RobustU1MoTDecoderLayer"]
 
@@ -477,6 +502,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         official = resolve_official_checkpoint(pretrained_model_name_or_path, **kwargs)
         if official is None:
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model.freeze_fixed_parts()
             try:
                 model.processor = RobustU1Processor.from_pretrained(pretrained_model_name_or_path)
             except (OSError, ValueError):
@@ -489,6 +515,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         if device_map is not None and not isinstance(device_map, (str, torch.device)):
             raise ValueError("Official-layout checkpoints load onto one device: pass device_map='cuda' or similar.")
         model = load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
+        model.freeze_fixed_parts()
         model.processor = official_processor(official)
         model.recovery_config = RecoveryConfig.from_pretrained(official)
         return model
@@ -648,8 +675,9 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         """
         if len(blocks) != cache.batch_size:
             raise ValueError(f"Got {len(blocks)} blocks for a cache of {cache.batch_size} sequences.")
-        embeds, positions, gen_mask, modes, advances = self._embed_blocks(blocks, cache.next_positions)
         lengths = self._block_lengths(blocks)
+        self.check_sequence_lengths([cached + new for cached, new in zip(cache.lengths, lengths)])
+        embeds, positions, gen_mask, modes, advances = self._embed_blocks(blocks, cache.next_positions)
         layout = PackedAttentionLayout.single_split(lengths, modes, cache_lens=cache.lengths)
         hidden = self.language_model.model(
             embeds.to(self.dtype), positions, gen_mask, layout, cache=cache, update_cache=update_cache,
@@ -658,6 +686,38 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         if update_cache:
             cache.next_positions = [p + a for p, a in zip(cache.next_positions, advances)]
         return hidden, gen_mask, lengths
+
+    def check_sequence_lengths(self, lengths: Sequence[int], max_new_tokens: int = 0) -> None:
+        """Raises a one-line `ValueError` when a sequence of ``lengths`` tokens (text and image tokens
+        together), plus ``max_new_tokens`` to generate, exceeds ``max_position_embeddings``.
+
+        Called before any computation by `generate`, `answer`, `recover` and the training collators,
+        and by every prefill as a last guard (attention memory grows with the square of the length).
+
+        Example:
+
+        ```python
+        >>> model.check_sequence_lengths([model.sequence_length(blocks)], max_new_tokens=64)
+        ```
+        """
+        limit = self.text_config.max_position_embeddings
+        longest = max((int(n) for n in lengths), default=0)
+        if longest + max_new_tokens <= limit:
+            return
+        if max_new_tokens:
+            raise ValueError(
+                f"The input has {longest} tokens (text and image tokens together) and max_new_tokens={max_new_tokens}: "
+                f"{longest + max_new_tokens} exceeds max_position_embeddings={limit} of this model; shorten the text, "
+                "use smaller images or lower max_new_tokens."
+            )
+        raise ValueError(
+            f"The input has {longest} tokens (text and image tokens together), more than max_position_embeddings="
+            f"{limit} of this model; shorten the text or use smaller images."
+        )
+
+    def sequence_length(self, blocks: Sequence[Block]) -> int:
+        """Tokens that a sequence of blocks occupies in the decoder (markers and wrappers included)."""
+        return sum(self._block_lengths(blocks))
 
     def _block_lengths(self, blocks: Sequence[Block]) -> list[int]:
         patch = self.config.vision_config.patch_size

@@ -22,9 +22,14 @@ Example:
 >>> model, processor = tiny_random_model()
 >>> train = build_reasoning_dataset(load_robust_r1_jsonl("train.jsonl"), model, cache_dir="cache")
 >>> trainer = Trainer(model, reasoning_training_arguments("out", max_steps=100), train_dataset=train,
-...                   data_collator=ReasoningCollator(processor, model.config))
+...                   data_collator=ReasoningCollator(processor, model.config),
+...                   callbacks=[TrainingSafetyCallback()])
 >>> trainer.train()
 ```
+
+`TrainingSafetyCallback` (from `robust_u1.trainers`) gives the standard Trainer what our stage I/II
+trainers have built in: it stops on a non-finite gradient norm before NaN reaches the weights, and
+sets aside checkpoints whose save was interrupted so that ``resume_from_checkpoint=True`` works.
 """
 
 from __future__ import annotations
@@ -555,7 +560,8 @@ def reasoning_training_arguments(output_dir: str | os.PathLike, **kwargs) -> Tra
 
     ```python
     >>> args = reasoning_training_arguments("out", max_steps=1000, learning_rate=1e-5, per_device_train_batch_size=4)
-    >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator)
+    >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator,
+    ...                   callbacks=[TrainingSafetyCallback()])
     ```
     """
     required = {"remove_unused_columns": False, "label_names": ["packed_label_ids"], "prediction_loss_only": True}

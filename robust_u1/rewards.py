@@ -301,6 +301,19 @@ def reward_name(reward_func: RewardFunction) -> str:
     return getattr(reward_func, "name", None) or getattr(reward_func, "__name__", None) or type(reward_func).__name__
 
 
+def _reward_value(name: str, index: int, value: Any) -> float:
+    """One reward as a float (NaN for None); anything but a real number is the reward function's error."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise RewardFunctionError(
+            name, f"returned {type(value).__name__} {value!r:.40} for sample {index}; rewards must be numbers (or None)"
+        )
+    return float(value)
+
+
 def compute_rewards(
     reward_funcs: Sequence[RewardFunction],
     reward_weights: Sequence[float] | torch.Tensor | None = None,
@@ -341,16 +354,25 @@ def compute_rewards(
     for reward_func in reward_funcs:
         name = reward_name(reward_func)
         try:
-            outputs = list(reward_func(**batch))
+            outputs = reward_func(**batch)
         except Exception as error:
             raise RewardFunctionError(name, f"raised {type(error).__name__}: {error}") from error
+        if isinstance(outputs, (str, bytes, dict)) or not hasattr(outputs, "__len__"):
+            raise RewardFunctionError(name, f"returned a {type(outputs).__name__}; it must return a list of one number per sample")
+        outputs = list(outputs.flatten() if isinstance(outputs, torch.Tensor) else outputs)
         if len(outputs) != batch_size:
             raise RewardFunctionError(name, f"returned {len(outputs)} rewards for a batch of {batch_size}")
-        column = torch.tensor([float("nan") if value is None else float(value) for value in outputs])
+        column = torch.tensor([_reward_value(name, index, value) for index, value in enumerate(outputs)], dtype=torch.float64)
+        # ±inf (e.g. PSNR of a perfect sample) would turn every advantage of its group, then the weights,
+        # into NaN: it is unscored like NaN/None (advantage 0) rather than stopping a run on one sample.
+        infinite = int(column.isinf().sum())
+        if infinite:
+            logger.warning("reward %r: %d of %d samples were ±inf; they are left unscored like None/NaN", name, infinite, batch_size)
+            column[column.isinf()] = float("nan")
         missing = int(column.isnan().sum())
         if missing:
-            logger.warning("reward %r: %d of %d samples unscored (None/NaN)", name, missing, batch_size)
-        columns.append(column)
+            logger.warning("reward %r: %d of %d samples unscored (None/NaN/inf)", name, missing, batch_size)
+        columns.append(column.float())
 
     per_func = torch.stack(columns, dim=1)
     weighted = (per_func * weights).nansum(dim=1)

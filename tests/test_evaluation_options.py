@@ -1,6 +1,7 @@
 """Option extraction, prompt layouts and option parsing."""
 
 import pytest
+from option_corpus import ISSUE_CASES, corpus, disagreements
 
 from robust_u1.evaluation.mcq import split_question_options
 from robust_u1.evaluation.options import extract_option, final_answer_text, parse_choice_string, strip_reasoning
@@ -38,6 +39,50 @@ OPTIONS = {"A": "dog", "B": "cat", "C": "red", "D": "red car"}
 )
 def test_extract_option_tricky_answers(response, expected):
     assert extract_option(response, OPTIONS) == expected
+
+
+def test_extract_option_agrees_with_the_labelled_reply_corpus(capsys):
+    """>= 1,000 replies (templates × option sets, labelled by what a reader would say): all must agree."""
+    items = corpus()
+    assert len(items) >= 1000
+    assert {item.label for item in items} >= {None, "A", "B", "E", "I", "J"}
+    wrong = list(disagreements(extract_option))
+    with capsys.disabled():
+        print(f"\noption extraction agreement: {len(items) - len(wrong)}/{len(items)}")
+    assert not wrong, "\n".join(f"{item.reply!r}: label {item.label}, extracted {got}" for item, got in wrong[:20])
+
+
+@pytest.mark.parametrize(("reply", "options", "label"), ISSUE_CASES)
+def test_the_answer_the_reply_commits_to_wins(reply, options, label):
+    """The replies of issue 12: letters discussed after the answer, markdown, and the article "A"."""
+    assert extract_option(reply, options) == label
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("（Ｂ）", "B"),  # full-width brackets and letter
+        ("答案是C。选项A是错误的。", "C"),
+        ("\\boxed{D}", "D"),
+        ("It is not red, it is red car.", "D"),
+        ("Initially I thought the answer was A, but the answer is B.", "B"),  # the last statement wins
+        ("Final answer: B. (Earlier I wrote: the answer is A.)", "B"),  # a final answer outranks it
+        ("<think>The answer is A.", None),  # cut off while reasoning: no answer yet
+        ("A. dog\nB. cat\nC. red\nD. red car", None),  # the options echoed, nothing chosen
+        ("A. dog\nB. cat\nC. red\nD. red car\nAnswer: c", "C"),
+        ("The answer is A and B is wrong.", "A"),
+        ("The answer is A or B.", None),
+    ],
+)
+def test_extract_option_commitments_and_hedges(reply, expected):
+    assert extract_option(reply, OPTIONS) == expected
+
+
+def test_numbers_match_whole_numbers_and_number_words():
+    options = ["3", "13", "3.5"]
+    assert extract_option("There are 3.5 litres.", options) == "C"
+    assert extract_option("I count thirteen.", options) == "B"
+    assert extract_option("I count 3 of them.", options) == "A"
 
 
 def test_extract_option_accepts_a_list_of_option_texts():

@@ -43,7 +43,11 @@ class JsonlCache:
     @staticmethod
     def _read(path: Path) -> Iterator[tuple[str, Any]]:
         unreadable = 0
-        for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not a robust-u1 result cache (not UTF-8 text: {error}).") from None
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -52,6 +56,14 @@ class JsonlCache:
                 # Only an interrupted write produces a partial line; its item is simply redone.
                 unreadable += 1
                 continue
+            # A complete JSON line that is not ours means the file is someone else's (another tool's output,
+            # a results file, an edited cache): skipping it would silently redo work and append to that file,
+            # so stop and say which line it is.
+            if not (isinstance(entry, dict) and set(entry) == {"key", "value"} and isinstance(entry["key"], str)):
+                raise ValueError(
+                    f"{path}, line {number}: not a robust-u1 cache entry (expected {{\"key\": …, \"value\": …}}); "
+                    "use another cache path / --output folder, or delete that line."
+                )
             yield entry["key"], entry["value"]
         if unreadable:
             warnings.warn(f"Ignoring {unreadable} truncated line(s) in {path} (interrupted writes).", stacklevel=4)

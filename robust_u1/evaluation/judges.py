@@ -16,6 +16,7 @@ the official grading criteria.
 from __future__ import annotations
 
 import abc
+import math
 import os
 import re
 import time
@@ -72,7 +73,11 @@ class JudgeRequestError(RuntimeError):
 
 @runtime_checkable
 class Judge(Protocol):
-    """Scores one R-Bench reply; ``reference`` is the ground truth (a caption list for CAP) or the clean-image reply."""
+    """Scores one R-Bench reply; ``reference`` is the ground truth (a caption list for CAP) or the clean-image reply.
+
+    A judge may also define ``check() -> None``, raising when it cannot score (unreachable endpoint, missing
+    model); :func:`~robust_u1.evaluation.evaluate_benchmark` calls it before computing any answer.
+    """
 
     name: str
     tasks: tuple[RBenchTask, ...]
@@ -152,8 +157,10 @@ class OpenAICompatibleJudge(ChatJudge):
     """A judge behind any OpenAI-compatible ``/chat/completions`` endpoint (OpenAI, vLLM, TGI, …).
 
     The API key is read from ``api_key_env`` when the judge is created (``api_key_env=None`` for
-    servers without authentication). Connection errors, timeouts, HTTP 429 and 5xx are retried
-    ``max_retries`` times with exponential back-off; other HTTP errors raise at once.
+    servers without authentication). Each request waits at most ``timeout`` seconds; connection
+    errors, timeouts, HTTP 429 and 5xx are retried ``max_retries`` times with exponential back-off;
+    other HTTP errors raise at once. :meth:`check` sends one 1-token request, so an unreachable judge,
+    a bad key or an unknown model is reported before any answer is computed.
     ``temperature=None`` leaves the server's default sampling, under which R-Bench's repeated calls
     differ; with greedy decoding use ``repeats=1``.
 
@@ -171,13 +178,19 @@ class OpenAICompatibleJudge(ChatJudge):
         *,
         repeats: int = 5,
         timeout: float = 60.0,
-        max_retries: int = 3,
+        max_retries: int = 2,
         backoff: float = 1.0,
         temperature: float | None = None,
         max_tokens: int = 32,
         system_prompt: str = JUDGE_SYSTEM_PROMPT,
     ) -> None:
         super().__init__(repeats)
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"The judge timeout must be a positive number of seconds, got {timeout!r}.")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"The judge's max_retries must be an integer >= 0, got {max_retries!r}.")
+        if not re.match(r"https?://[^/\s]+", base_url or ""):
+            raise ValueError(f"The judge URL must start with http:// or https://, got {base_url!r}.")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
@@ -200,11 +213,19 @@ class OpenAICompatibleJudge(ChatJudge):
     def name(self) -> str:
         return f"openai-compatible:{self.model}@{self.url}:repeats={self.repeats}"
 
-    def complete(self, prompt: str) -> str:
+    def check(self) -> None:
+        """Send one 1-token request; raise :class:`JudgeRequestError` when the judge cannot answer.
+
+        Example:
+            >>> OpenAICompatibleJudge("http://localhost:8000/v1", "judge", api_key_env=None).check()  # doctest: +SKIP
+        """
+        self.complete("Reply with: Score: 1", max_tokens=1)
+
+    def complete(self, prompt: str, *, max_tokens: int | None = None) -> str:
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompt}],
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens or self.max_tokens,
         }
         if self.temperature is not None:
             payload["temperature"] = self.temperature
@@ -214,21 +235,42 @@ class OpenAICompatibleJudge(ChatJudge):
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 response = self._session.post(self.url, json=payload, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as error:
-                last_problem = f"{type(error).__name__}: {error}"
+            except requests.Timeout:
+                last_problem = f"no reply within {self.timeout:g} s (raise the timeout if the judge is slow)"
+                continue
+            except requests.ConnectionError as error:
+                last_problem = f"cannot connect ({_root_cause(error)})"
                 continue
             if response.status_code == 429 or response.status_code >= 500:
                 last_problem = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
             if response.status_code >= 400:
+                hint = " (check the API key)" if response.status_code in (401, 403) else ""
                 raise JudgeRequestError(
-                    f"{self.url} refused the request: HTTP {response.status_code}: {response.text[:500]}"
+                    f"The judge at {self.url} refused the request: HTTP {response.status_code}{hint}: "
+                    f"{_one_line(response.text, 300)}"
                 )
             try:
                 return response.json()["choices"][0]["message"]["content"] or ""
             except (ValueError, KeyError, IndexError, TypeError) as error:
-                raise JudgeRequestError(f"{self.url} returned an unexpected body: {response.text[:500]}") from error
-        raise JudgeRequestError(f"{self.url} failed {self.max_retries + 1} times; last problem: {last_problem}")
+                raise JudgeRequestError(
+                    f"The judge at {self.url} returned an unexpected body: {_one_line(response.text, 300)}"
+                ) from error
+        raise JudgeRequestError(
+            f"The judge at {self.url} failed {self.max_retries + 1} times; last problem: {last_problem}"
+        )
+
+
+def _one_line(text: str, limit: int) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost reason of a requests error ("Connection refused"), not its nested repr."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    reason = str(error).rsplit(": ", 1)[-1].strip("')\" ") if str(error) else type(error).__name__
+    return _one_line(reason, 200)
 
 
 class TransformersJudge(ChatJudge):
@@ -289,6 +331,27 @@ class TransformersJudge(ChatJudge):
                 self._model_or_path if isinstance(self._model_or_path, (str, os.PathLike)) else self._model.name_or_path
             )
         return self._model, self._tokenizer
+
+    def check(self) -> None:
+        """Resolve the judge model's configuration (cheap; no weights loaded) so a bad path fails early.
+
+        Example:
+            >>> TransformersJudge("./no-such-judge").check()  # doctest: +SKIP
+            Traceback (most recent call last):
+            FileNotFoundError: The judge model folder ./no-such-judge does not exist.
+        """
+        if self._model is not None:
+            return
+        from transformers import AutoConfig
+
+        source = str(self._model_or_path)
+        looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep in source.replace("/", "")
+        if looks_local and not os.path.isdir(os.path.expanduser(source)):
+            raise FileNotFoundError(f"The judge model folder {source} does not exist.")
+        try:
+            AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            raise JudgeRequestError(f"The judge model {source} cannot be loaded: {_one_line(str(error), 300)}") from error
 
     def complete(self, prompt: str) -> str:
         import torch

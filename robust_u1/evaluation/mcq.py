@@ -22,6 +22,7 @@ degraded dataset (rows at levels 0/25/50/100 sharing an id); otherwise images ar
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import string
@@ -34,6 +35,8 @@ from typing import Any
 
 import datasets
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from .images import decode_image
@@ -53,6 +56,7 @@ KNOWN_BENCHMARKS: dict[str, dict[str, str]] = {
 """Where :func:`load_mcq_benchmark` finds each benchmark when given only its name."""
 
 _ID_COLUMNS = ("index", "id", "question_id")
+_REQUIRED_COLUMNS = ("image", "question", "answer")
 _UNCATEGORISED = "all"
 
 
@@ -117,10 +121,13 @@ class MCQBenchmark:
 
     kind = "mcq"
 
-    def __init__(self, table: datasets.Dataset, name: str) -> None:
+    def __init__(self, table: datasets.Dataset, name: str, *, source: str | None = None) -> None:
         self.name = name
+        self.source = source or name  # named in error messages
+        _check_table(table, self.source)
         self._images = table.select_columns(["image"])
-        self.items = _normalise_items(table)
+        self.items = _normalise_items(table, self.source)
+        self._id_by_row = {item.row: item.id for item in self.items}
         self.has_level_column = any(item.level is not None for item in self.items)
         self._row_by_id_level = {(item.id, item.level): item.row for item in self.items}
         self._row_by_index = _rows_by_index(table)
@@ -135,10 +142,15 @@ class MCQBenchmark:
 
     def image(self, row: int) -> Image.Image:
         """The decoded image of a table row (following VLMEvalKit's image-by-index references)."""
-        value = self._images[row]["image"]
-        if isinstance(value, str) and value.isdigit() and value in self._row_by_index:
-            value = self._images[self._row_by_index[value]]["image"]
-        return decode_image(value)
+        try:
+            value = self._images[row]["image"]
+            if isinstance(value, str) and value.isdigit() and value in self._row_by_index:
+                value = self._images[self._row_by_index[value]]["image"]
+            return decode_image(value)
+        except (ValueError, TypeError, OSError) as error:
+            raise ValueError(
+                f"{self.source}: the image of row {row} (id {self._id_by_row.get(row, row)}) cannot be read: {error}"
+            ) from error
 
     def cases(
         self, *, levels: Sequence[Level], modes: Sequence[Mode], degrade: Degrader | None, seed: int
@@ -273,7 +285,11 @@ def load_mcq_benchmark(
     name: str | None = None,
     split: str | None = None,
 ) -> MCQBenchmark:
-    """Load and normalise an MCQ benchmark from a known name, Hub id, TSV / CSV / parquet file or dataset.
+    """Load and normalise an MCQ benchmark from a known name, Hub id, TSV / CSV / parquet / JSON(L) file or dataset.
+
+    A path ending in ``.tsv``, ``.csv``, ``.parquet``, ``.jsonl`` or ``.json`` is always read as a file
+    (``FileNotFoundError`` when it does not exist). The table needs ``image``, ``question`` and
+    ``answer`` columns and at least one row; errors name the file and, for a bad row, the row.
 
     Example:
         >>> bench = load_mcq_benchmark("MMStar")  # Lin-Chen/MMStar, split "val"  # doctest: +SKIP
@@ -289,22 +305,93 @@ def load_mcq_benchmark(
     if source in KNOWN_BENCHMARKS:
         known = KNOWN_BENCHMARKS[source]
         return load_mcq_benchmark(known["path"], name=name or source, split=split or known.get("split"))
-    default_name = name or Path(source).stem
-    suffix = Path(source).suffix.lower()
-    if suffix in {".tsv", ".csv"}:
-        frame = pd.read_csv(source, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        return MCQBenchmark(datasets.Dataset.from_pandas(frame, preserve_index=False), default_name)
-    if suffix == ".parquet":
-        return MCQBenchmark(datasets.Dataset.from_parquet(source), default_name)
+    if Path(source).suffix.lower() in TABLE_SUFFIXES:
+        return MCQBenchmark(read_benchmark_table(source), name or Path(source).stem, source=source)
+    local = Path(source).expanduser()
+    if local.is_file():
+        raise ValueError(
+            f"Cannot read benchmark file {source}: unknown format; use one of {', '.join(sorted(TABLE_SUFFIXES))}."
+        )
+    if not local.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        # A Hub id is "owner/name"; anything else path-like is a local folder that is missing.
+        raise FileNotFoundError(f"Benchmark folder {source} does not exist (Hub dataset ids look like owner/name).")
     loaded = datasets.load_dataset(source, split=split)
     if isinstance(loaded, datasets.DatasetDict):
         raise ValueError(f"{source} has splits {list(loaded)}; pass split=.")
-    return MCQBenchmark(loaded, name or source)
+    return MCQBenchmark(loaded, name or source, source=source)
 
 
-def _normalise_items(table: datasets.Dataset) -> list[MCQItem]:
-    if "image" not in table.column_names or "question" not in table.column_names:
-        raise ValueError(f"An MCQ benchmark needs 'image' and 'question' columns; got {table.column_names}.")
+TABLE_SUFFIXES: frozenset[str] = frozenset({".tsv", ".csv", ".parquet", ".jsonl", ".json"})
+"""File types read as one table; a path with one of these suffixes is a file, never a Hub dataset id."""
+
+
+def read_benchmark_table(source: str | os.PathLike[str]) -> datasets.Dataset:
+    """Read a benchmark table from a TSV / CSV / parquet / JSON Lines / JSON file (local, or ``hf://`` …).
+
+    TSV and CSV cells are read as text (VLMEvalKit's files keep ids and answers as strings).
+
+    Example:
+        >>> table = read_benchmark_table("tests/fixtures/eval/mmmb_tiny.tsv")  # doctest: +SKIP
+        >>> table.column_names[:3]  # doctest: +SKIP
+        ['index', 'question', 'A']
+    """
+    source = str(source)
+    suffix = Path(source).suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f"Cannot read {source}: unknown format; use one of {', '.join(sorted(TABLE_SUFFIXES))}.")
+    remote = "://" in source
+    if not remote:
+        if not Path(source).expanduser().is_file():
+            raise FileNotFoundError(f"Benchmark file {source} does not exist.")
+        source = str(Path(source).expanduser())
+    try:
+        if suffix in {".tsv", ".csv"}:
+            frame = pd.read_csv(source, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        elif suffix in {".jsonl", ".json"}:
+            frame = pd.read_json(source, lines=suffix == ".jsonl", dtype=False)
+        elif remote:
+            return datasets.load_dataset("parquet", data_files=source, split="train")
+        else:
+            return datasets.Dataset.from_parquet(source)
+        if len(frame.columns) == 0:
+            raise pd.errors.EmptyDataError
+        return datasets.Dataset.from_pandas(frame, preserve_index=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"Benchmark file {source} is empty.") from None
+    except (ValueError, TypeError) as error:  # pandas parser errors, pyarrow ArrowInvalid / ArrowTypeError
+        raise ValueError(f"Cannot read benchmark file {source}: {error}") from error
+
+
+def _check_table(table: datasets.Dataset, source: str) -> None:
+    missing = [column for column in _REQUIRED_COLUMNS if column not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{source}: an MCQ benchmark needs the columns {list(_REQUIRED_COLUMNS)}; missing {missing} "
+            f"(found {table.column_names})."
+        )
+    if len(table) == 0:
+        raise ValueError(f"{source} has no rows (only a header?): nothing to evaluate.")
+    empty_rows = _rows_without_image(table)
+    if empty_rows:
+        raise ValueError(f"{source}: row {empty_rows[0]} has no image ({len(empty_rows)} row(s) without one).")
+
+
+def _rows_without_image(table: datasets.Dataset) -> list[int]:
+    """Rows whose image cell is empty, read from Arrow without decoding any image."""
+    column = table.with_format("arrow").select_columns(["image"])[:]["image"]
+    empty = pc.is_null(column)
+    if pa.types.is_struct(column.type):  # datasets.Image(): {"bytes", "path"}
+        fields = [pc.is_null(pc.struct_field(column, name)) for name in ("bytes", "path") if name in column.type.names]
+        if fields:
+            empty = pc.or_(empty, functools.reduce(pc.and_, fields))
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        empty = pc.or_(empty, pc.equal(pc.utf8_trim_whitespace(column), ""))
+    elif pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        empty = pc.or_(empty, pc.equal(pc.binary_length(column), 0))
+    return [index for index, flag in enumerate(pc.fill_null(empty, True).to_pylist()) if flag]
+
+
+def _normalise_items(table: datasets.Dataset, source: str) -> list[MCQItem]:
     option_columns = [letter for letter in string.ascii_uppercase if letter in table.column_names]
     id_column = next((column for column in _ID_COLUMNS if column in table.column_names), None)
     text_columns = [column for column in table.column_names if column != "image" and not column.endswith("image")]
@@ -316,13 +403,15 @@ def _normalise_items(table: datasets.Dataset) -> list[MCQItem]:
         if not options:
             question, options = split_question_options(question)
         open_items += not options
+        if not _text(record["answer"]):
+            raise ValueError(f"{source}: row {row} has no answer; every item needs one to be scored.")
         level = record.get("level")
         items.append(
             MCQItem(
                 id=str(record[id_column]) if id_column else str(row),
                 question=question,
                 options=options,
-                answer=_text(record.get("answer")),
+                answer=_text(record["answer"]),
                 category=_text(record.get("category")) or _UNCATEGORISED,
                 hint=_text(record.get("hint")) or None,
                 row=row,

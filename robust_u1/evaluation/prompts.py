@@ -59,6 +59,7 @@ def build_mcq_prompt(
         B. cat
         Please select the correct answer from the options above.
     """
+    check_options(options)
     lines = [f"Hint: {hint}"] if hint else []
     lines.append(f"Question: {question}")
     choices = normalize_options(options)
@@ -67,6 +68,25 @@ def build_mcq_prompt(
         lines.extend(f"{letter}. {text}" for letter, text in choices.items())
     lines.append(with_recovery(MCQ_INSTRUCTION) if recover else MCQ_INSTRUCTION)
     return "\n".join(lines) + "\n"
+
+
+def check_options(options: Mapping[str, str] | Sequence[str]) -> None:
+    """Options are a list of texts (lettered A–Z) or a ``{letter: text}`` dict: one clear error otherwise.
+
+    Example:
+        >>> check_options("AB")
+        Traceback (most recent call last):
+        ...
+        TypeError: options must be a list of option texts or a {letter: text} dict, e.g. ['dog', 'cat']; got the string 'AB'.
+    """
+    if isinstance(options, (str, bytes)):
+        raise TypeError(
+            f"options must be a list of option texts or a {{letter: text}} dict, e.g. ['dog', 'cat']; got the string {options!r:.60}."
+        )
+    if not (hasattr(options, "__len__") and hasattr(options, "__iter__")):  # lists, tuples, arrays, dicts
+        raise TypeError(f"options must be a list of option texts or a {{letter: text}} dict, got {type(options).__name__}.")
+    if len(options) > 26:
+        raise ValueError(f"At most 26 options (letters A to Z) are supported, got {len(options)}.")
 
 
 def build_open_prompt(question: str, *, recover: bool = False, hint: str | None = None) -> str:

@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .cache import JsonlCache, cache_key
 from .images import decode_image
 from .judges import RBENCH_TASKS, Judge, RBenchTask
+from .mcq import read_benchmark_table
 from .options import final_answer_text, parse_choice_string
 from .prompts import build_rbench_prompt
 from .protocols import Degrader, Mode
@@ -88,12 +90,18 @@ class RBenchBenchmark:
         tasks: Sequence[RBenchTask] = RBENCH_TASKS,
         strength_names: Mapping[int, str] = STRENGTH_NAMES,
         judge_workers: int = 8,
+        source: str | None = None,
     ) -> None:
         self.name = name
+        self.source = source or name  # named in error messages
         self.judge = judge
         self.judge_workers = judge_workers
+        self._judge_ready = False
+        all_items = _normalise_items(table, strength_names, self.source)
         self._image_columns = {column: table.select_columns([column]) for column in ("dis_image", "ref_image")}
-        self.items = [item for item in _normalise_items(table, strength_names) if item.task in tasks]
+        self.items = [item for item in all_items if item.task in tasks]
+        if not self.items:
+            raise ValueError(f"{self.source} has no {'/'.join(tasks)} items: nothing to evaluate.")
         unsupported = sorted({item.task for item in self.items} - set(judge.tasks))
         if unsupported:
             raise ValueError(
@@ -125,9 +133,7 @@ class RBenchBenchmark:
                         mode=mode,
                         prompt=build_rbench_prompt(item.task, item.question, item.choices, recover=mode == "recover"),
                         options=parse_choice_string(item.choices) or None,
-                        load_image=lambda row=item.row, column=image_column: decode_image(
-                            self._image_columns[column][row][column]
-                        ),
+                        load_image=lambda item=item, column=image_column: self._image(item, column),
                         image_key=(item.id, image_column),
                         metadata={
                             "task": item.task,
@@ -139,6 +145,21 @@ class RBenchBenchmark:
                     )
                 )
         return cases
+
+    def _image(self, item: RBenchItem, column: str) -> Image.Image:
+        try:
+            return decode_image(self._image_columns[column][item.row][column])
+        except (ValueError, TypeError, OSError) as error:
+            raise ValueError(
+                f"{self.source}: the {column} of row {item.row} (name {item.id}) cannot be read: {error}"
+            ) from error
+
+    def check_ready(self) -> None:
+        """Check the judge can be reached before any answer is computed (the judge runs only at the end)."""
+        check = getattr(self.judge, "check", None)
+        if check is not None and not self._judge_ready:
+            check()
+            self._judge_ready = True
 
     def summarize(
         self, records: list[dict[str, Any]], *, cache_path: Path | None = None, progress: bool = False
@@ -226,29 +247,36 @@ def load_rbench(
     strength_names: Mapping[int, str] = STRENGTH_NAMES,
     judge_workers: int = 8,
 ) -> RBenchBenchmark:
-    """Load R-Bench from a parquet file (local or ``hf://``) or a dataset, with the judge that will score it.
+    """Load R-Bench from a parquet / JSON(L) / CSV / TSV file (local or ``hf://``) or a dataset, with its judge.
+
+    Missing columns, an empty table, unknown tasks and unreadable images are errors naming the file
+    (and the row).
 
     Example:
         >>> bench = load_rbench(ExactMatchJudge(), "R_All.parquet", tasks=("MCQ",))  # doctest: +SKIP
     """
     if isinstance(source, datasets.Dataset):
-        table = source
+        table, described = source, None
     else:
-        table = datasets.load_dataset("parquet", data_files=str(source), split="train")
-    return RBenchBenchmark(table, judge, tasks=tasks, strength_names=strength_names, judge_workers=judge_workers)
+        table, described = read_benchmark_table(source), str(source)
+    return RBenchBenchmark(
+        table, judge, tasks=tasks, strength_names=strength_names, judge_workers=judge_workers, source=described
+    )
 
 
-def _normalise_items(table: datasets.Dataset, strength_names: Mapping[int, str]) -> list[RBenchItem]:
+def _normalise_items(table: datasets.Dataset, strength_names: Mapping[int, str], source: str) -> list[RBenchItem]:
     required = {"question", "answer", "type", "strength", "dis_image", "ref_image"}
     missing = required - set(table.column_names)
     if missing:
-        raise ValueError(f"R-Bench rows need columns {sorted(required)}; missing {sorted(missing)}.")
+        raise ValueError(f"{source}: R-Bench rows need columns {sorted(required)}; missing {sorted(missing)}.")
+    if len(table) == 0:
+        raise ValueError(f"{source} has no rows (only a header?): nothing to evaluate.")
     text_columns = [column for column in table.column_names if not column.endswith("image")]
     items = []
     for row, record in enumerate(table.select_columns(text_columns)):
         task = str(record["type"]).strip().upper()
         if task not in RBENCH_TASKS:
-            raise ValueError(f"Row {row}: unknown R-Bench task {record['type']!r}.")
+            raise ValueError(f"{source}: row {row} has an unknown R-Bench task {record['type']!r}; expected {RBENCH_TASKS}.")
         choices = str(record.get("choice") or "").strip()
         strength = record["strength"]
         items.append(

@@ -192,7 +192,9 @@ def plot_accuracy_vs_level(
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    partial = path.with_name(f".{path.name}.partial")
+    figure.savefig(partial, dpi=120, format=path.suffix.lstrip(".") or "png")
+    os.replace(partial, path)  # a failed write never leaves a truncated plot
     plt.close(figure)
     return path
 
@@ -205,9 +207,7 @@ def write_json(results: Sequence[BenchmarkResults], path: str | os.PathLike[str]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False), encoding="utf-8"
-    )
+    _write_text_atomically(path, json.dumps([result.to_dict() for result in results], indent=2, ensure_ascii=False))
     return path
 
 
@@ -247,7 +247,7 @@ def write_report(results: Sequence[BenchmarkResults], output_dir: str | os.PathL
         sections.append("## Anti-degradation (accuracy %)\n\n" + mcq_table(results))
         sections.append("## Per category\n\n" + "\n".join(category_table(result) for result in mcq))
     markdown = output_dir / "report.md"
-    markdown.write_text("\n".join(sections), encoding="utf-8")
+    _write_text_atomically(markdown, "\n".join(sections))
     return {
         "markdown": markdown,
         "plot": plot_accuracy_vs_level(results, output_dir / "accuracy_vs_level.png"),
@@ -310,3 +310,10 @@ def _card_metrics(result: BenchmarkResults, mode: str) -> list[tuple[str, str, f
     if "relative_overall" in metrics:
         entries.append((f"Overall relative ({mode})", "r_bench_relative", round(metrics["relative_overall"], 4)))
     return entries
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    """Write to a temporary name in the same folder, then rename: a failure never leaves a truncated file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)

@@ -54,6 +54,9 @@ class Benchmark(Protocol):
         self, records: list[dict[str, Any]], *, cache_path: Path | None, progress: bool
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]: ...
 
+    # Optional: ``check_ready() -> None`` raises when scoring cannot work (e.g. an unreachable judge);
+    # :func:`evaluate_benchmark` calls it before computing any answer.
+
 
 @dataclass
 class BenchmarkResults:
@@ -89,7 +92,10 @@ class BenchmarkResults:
         """Write the results as JSON (dictionary keys become strings, as JSON requires)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        # Written to a temporary name and renamed, so a failure never leaves a truncated file.
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(partial, path)
         return path
 
 
@@ -135,8 +141,17 @@ def evaluate_benchmark(
         raise ValueError(f"Unknown modes {sorted(unknown_modes)}; expected a subset of {MODES}.")
     levels = list(levels) if levels is not None else benchmark.default_levels(degrade)
     cases = benchmark.cases(levels=levels, modes=modes, degrade=degrade, seed=seed)
+    if not cases:
+        raise ValueError(f"{benchmark.name} has nothing to evaluate at levels {list(levels)} in modes {list(modes)}.")
     answers = JsonlCache(cache_path)
+    judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
+    if judge_cache is not None and judge_cache.exists():
+        JsonlCache(judge_cache)  # read only after answering: a foreign or damaged file should fail now
     pending = [case for case in cases if _case_key(benchmark, case, seed) not in answers]
+    check_ready = getattr(benchmark, "check_ready", None)
+    if pending and check_ready is not None:
+        # Fail now, not after hours of answering, when e.g. the judge that scores the answers is unreachable.
+        check_ready()
 
     current_image_key: tuple[Any, ...] | None = None
     current_image: Image.Image | None = None
@@ -158,13 +173,22 @@ def evaluate_benchmark(
             "mode": case.mode,
             "seed": seed,
             **case.metadata,
-            **answers.get(_case_key(benchmark, case, seed)),
+            **_cached_answer(answers, _case_key(benchmark, case, seed)),
         }
         for case in cases
     ]
-    judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
     scored, metrics = benchmark.summarize(records, cache_path=judge_cache, progress=progress)
     return BenchmarkResults(benchmark.name, benchmark.kind, model_name, levels, scored, metrics)
+
+
+def _cached_answer(answers: JsonlCache, key: str) -> dict[str, Any]:
+    value = answers.get(key)
+    if not (isinstance(value, dict) and "response" in value):
+        raise ValueError(
+            f"{answers.path}: the entry {key} is not an answer ({str(value)[:60]!r}); is this another kind of "
+            "cache (e.g. the judge's)? Use one answers cache per model."
+        )
+    return value
 
 
 def _case_key(benchmark: Benchmark, case: EvalCase, seed: int) -> str:

@@ -46,6 +46,7 @@ from ..trainers import (
     FlowGRPOTrainer,
     FlowMatchingConfig,
     FlowMatchingTrainer,
+    TrainingSafetyCallback,
     generation_lora_config,
 )
 from .data import GuidanceDropoutCollator, TinyWorldCollator, question_rows, recovery_pairs
@@ -164,7 +165,7 @@ def _train_with_trainer(
     )  # fmt: skip
     collator = TinyWorldCollator(processor, model.config, guidance_dropout, seed)
     model.train()
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=collator).train()
+    Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[TrainingSafetyCallback()]).train()
     model.eval()
 
 

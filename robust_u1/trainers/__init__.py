@@ -2,6 +2,15 @@
 
 from .flow_grpo import FlowGRPOConfig, FlowGRPOTrainer
 from .flow_matching import FlowMatchingConfig, FlowMatchingTrainer
-from .utils import EMAWeights, generation_lora_config, prepare_model_for_training
+from .utils import (
+    EMAWeights,
+    NonFiniteTrainingError,
+    TrainingSafetyCallback,
+    generation_lora_config,
+    prepare_model_for_training,
+)
 
-__all__ = ["FlowGRPOConfig", "FlowGRPOTrainer", "FlowMatchingConfig", "FlowMatchingTrainer", "EMAWeights", "generation_lora_config", "prepare_model_for_training"]
+__all__ = [
+    "FlowGRPOConfig", "FlowGRPOTrainer", "FlowMatchingConfig", "FlowMatchingTrainer", "EMAWeights",
+    "NonFiniteTrainingError", "TrainingSafetyCallback", "generation_lora_config", "prepare_model_for_training",
+]  # fmt: skip

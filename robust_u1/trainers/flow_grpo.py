@@ -9,6 +9,7 @@ gradients: clipped policy ratio, plus β·KL to the same model with its LoRA ada
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,19 +18,25 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
+from transformers.utils import logging
 
 from ..configuration_recovery import RecoveryConfig, RecoveryOverrides, resolve_recovery_config
 from ..flow_grpo_math import clipped_policy_loss, gaussian_kl, grpo_advantages
 from ..generation_robust_u1 import EditContexts, EditInputs
 from ..rewards import compute_rewards, reward_name
 from ..sampling import SDEStep, sample_sde_window
+from .flow_matching import _check_finite
 from .utils import (
     ImageBoundsArguments,
+    TrainingSafetyCallback,
     model_for_calls,
     prepare_model_for_training,
+    raise_if_non_finite_loss,
     sample_generator,
     write_training_card,
 )
+
+logger = logging.get_logger(__name__)
 
 
 # Rollouts use the recovery defaults except for a shorter schedule (flow_grpo's BAGEL template: 16 points).
@@ -107,6 +114,38 @@ class FlowGRPOConfig(ImageBoundsArguments, RecoveryOverrides, TrainingArguments)
         super().__post_init__()
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
+        # The rollouts' sampling settings: the recovery config with the per-field overrides, validated in
+        # one place (RecoveryConfig); the resolved values stay readable as fields (model card, logs).
+        base = RecoveryConfig(**ROLLOUT_RECOVERY_DEFAULTS) if self.recovery_config is None else self.recovery_config
+        overrides = {item.name: getattr(self, item.name) for item in dataclasses.fields(RecoveryOverrides)}
+        self.recovery_config = resolve_recovery_config(base, **overrides)
+        for name, value in dataclasses.asdict(self.recovery_config).items():
+            setattr(self, name, value)
+        for name, low in (("num_generations", 1), ("num_iterations", 1), ("sde_window_size", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
+        if self.num_generations < 2:
+            logger.warning("num_generations=1: every group-relative advantage is 0, so the policy gets no gradient.")
+        for name, low, inclusive in (("beta", 0.0, True), ("epsilon", 0.0, True), ("adv_clip_max", 0.0, False),
+                                     ("noise_level", 0.0, True)):  # fmt: skip
+            _check_finite(self, name, low, inclusive)
+        if self.epsilon_high is not None:
+            _check_finite(self, "epsilon_high", 0.0)
+        if self.sde_type not in ("sde", "cps"):
+            raise ValueError(f"sde_type must be 'sde' or 'cps', got {self.sde_type!r}.")
+        if self.reward_weights is not None and not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in self.reward_weights
+        ):
+            raise ValueError(f"reward_weights must be finite numbers, got {self.reward_weights!r}.")
+        num_steps = self.num_inference_steps - 1
+        low, high = self.sde_window_range
+        if self.sde_window_size and not (0 <= low <= high - self.sde_window_size and high <= num_steps):
+            raise ValueError(
+                f"sde_window_range {tuple(self.sde_window_range)} must hold a window of sde_window_size="
+                f"{self.sde_window_size} steps within the {num_steps} denoising steps of num_inference_steps="
+                f"{self.num_inference_steps}."
+            )
         if self.per_device_train_batch_size % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) counts rollouts and must be a "
@@ -115,11 +154,6 @@ class FlowGRPOConfig(ImageBoundsArguments, RecoveryOverrides, TrainingArguments)
         if self.activation_checkpointing_kwargs is None:
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
         self.sde_window_range = tuple(self.sde_window_range)
-        base = RecoveryConfig(**ROLLOUT_RECOVERY_DEFAULTS) if self.recovery_config is None else self.recovery_config
-        overrides = {item.name: getattr(self, item.name) for item in dataclasses.fields(RecoveryOverrides)}
-        self.recovery_config = resolve_recovery_config(base, **overrides)
-        for name, value in dataclasses.asdict(self.recovery_config).items():
-            setattr(self, name, value)  # the resolved values, readable as before (model card, logs)
 
     def to_dict(self) -> dict[str, Any]:
         values = super().to_dict()
@@ -233,6 +267,7 @@ class FlowGRPOTrainer(Trainer):
             raise ValueError(f"{len(self.reward_funcs)} reward functions but {len(args.reward_weights)} reward_weights.")
         args.apply_image_bounds(processing_class)
         model = prepare_model_for_training(model, peft_config)
+        callbacks = [TrainingSafetyCallback(), *(callbacks or [])]  # non-finite stop, interrupted checkpoints
         super().__init__(
             model=model, args=args, data_collator=_identity_collator, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks, **kwargs,
@@ -360,6 +395,8 @@ class FlowGRPOTrainer(Trainer):
         for name, values in stats.items():
             self._metrics[name].append(sum(values) / len(values))
         loss = torch.stack(losses).mean()
+        if model.training:
+            raise_if_non_finite_loss(self, loss)
         return (loss, rollouts) if return_outputs else loss
 
     # -- logging and cards ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ noisy clean latent x_t = (1 − t)·x₀ + t·ε, t = shift·σ(n)/(1 + (shift �
 
 from __future__ import annotations
 
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from .utils import (
     EMACallback,
     EMAWeights,
     ImageBoundsArguments,
+    TrainingSafetyCallback,
     model_for_calls,
     prepare_model_for_training,
+    raise_if_non_finite_loss,
     sample_generator,
     write_training_card,
 )
@@ -68,8 +71,24 @@ class FlowMatchingConfig(ImageBoundsArguments, TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_finite(self, "timestep_shift", low=0.0, low_inclusive=False)
+        for name in ("mse_weight", "ce_weight"):
+            _check_finite(self, name, low=0.0)
+        if not (self.ema_decay == 0.0 or 0.0 < self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}.")
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch must be None or a positive int, got {self.max_tokens_per_batch}.")
         if self.activation_checkpointing_kwargs is None:
             self.activation_checkpointing_kwargs = {"use_reentrant": False}  # the layers take non-tensor inputs
+
+
+def _check_finite(config, name: str, low: float | None = None, low_inclusive: bool = True) -> None:
+    """Config fields are checked when the config is built, not when a step first uses them."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        raise ValueError(f"{name} must be {'>=' if low_inclusive else '>'} {low}, got {value!r}.")
 
 
 class FlowMatchingTrainer(Trainer):
@@ -121,6 +140,7 @@ class FlowMatchingTrainer(Trainer):
         config = model.config
         model = prepare_model_for_training(model, peft_config, args.train_understanding)
         data_collator = data_collator or RecoveryCollator(processing_class, config, args.recovery_prompt, args.max_tokens_per_batch)
+        callbacks = [TrainingSafetyCallback(), *(callbacks or [])]  # non-finite stop, interrupted checkpoints
         super().__init__(
             model=model, args=args, data_collator=data_collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, callbacks=callbacks, **kwargs,
@@ -187,6 +207,8 @@ class FlowMatchingTrainer(Trainer):
             **inputs, timestep_shift=self.args.timestep_shift, ce_weight=self.args.ce_weight, mse_weight=self.args.mse_weight
         )
         mode = "train" if model.training else "eval"
+        if model.training and outputs.loss is not None:
+            raise_if_non_finite_loss(self, outputs.loss)
         for name in ("mse_loss", "ce_loss"):
             value = getattr(outputs, name)
             if value is not None:

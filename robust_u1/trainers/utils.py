@@ -1,9 +1,13 @@
 """Pieces shared by the Robust-U1 trainers: what is trainable, LoRA on the generation expert, EMA,
-per-sample random streams and the model card."""
+per-sample random streams, the model card, and the safety callback (non-finite stop, incomplete
+checkpoints)."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # The generation expert and the flow head: what stage I/II train when the understanding path is frozen
 # (the official `freeze_und`).
@@ -125,7 +133,8 @@ class EMAWeights:
                 self.shadow[name].lerp_(parameter.detach().float(), 1.0 - self.decay)
 
     def save(self, folder: str | os.PathLike) -> None:
-        save_file({k: v.contiguous().cpu() for k, v in self.shadow.items()}, str(Path(folder) / self.FILE_NAME))
+        tensors = {k: v.contiguous().cpu() for k, v in self.shadow.items()}
+        atomic_write(Path(folder) / self.FILE_NAME, lambda path: save_file(tensors, str(path)))
 
     def load(self, folder: str | os.PathLike) -> None:
         stored = load_file(str(Path(folder) / self.FILE_NAME))
@@ -203,5 +212,156 @@ def write_training_card(trainer, stage: str, stage_description: str, hyperparame
     if trainer.is_world_process_zero():
         card = render_training_card(trainer, stage, stage_description, hyperparameter_names, model_name, dataset_name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(card)
+        atomic_write(path, lambda temporary: Path(temporary).write_text(card))
     return path
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Calls ``write(temporary_path)`` for a file in the same folder, then renames it to ``path``,
+    so that a failure or a kill never leaves ``path`` truncated (an older version stays intact)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Safety: non-finite losses and gradients, incomplete checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """A training step produced a non-finite loss or gradient norm; training stopped before the
+    optimizer step, so the weights (and every checkpoint written so far) are still finite."""
+
+
+_NON_FINITE_ADVICE = (
+    "training stopped before the optimizer step, so no NaN weights were written; the last checkpoint "
+    "is still valid. Usual causes: a non-finite input or reward, too high a learning rate, fp16 overflow."
+)
+
+
+def raise_if_non_finite_loss(trainer, loss: torch.Tensor) -> None:
+    """Raises `NonFiniteTrainingError` when ``loss`` is NaN or ±inf on any process.
+
+    The check is gathered over processes so that every rank stops together (a lone rank raising
+    would leave the others waiting in the gradient all-reduce).
+    """
+    losses = trainer.accelerator.gather(loss.detach().float().reshape(1))
+    if not bool(torch.isfinite(losses).all()):
+        raise NonFiniteTrainingError(
+            f"{type(trainer).__name__}: non-finite loss ({losses[~torch.isfinite(losses)][0].item()}) at step {trainer.state.global_step + 1}; "
+            + _NON_FINITE_ADVICE
+        )
+
+
+def gradient_norm(model: torch.nn.Module) -> float:
+    """The total L2 norm of the gradients of ``model`` (0.0 when there are none)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if hasattr(norm, "full_tensor"):  # FSDP2 DTensor gradients: the norm is a sharded partial sum
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
+    """Whether a ``checkpoint-N`` folder was written to the end.
+
+    `transformers.Trainer._save_checkpoint` writes ``trainer_state.json`` after the weights, the
+    optimizer, the RNG states and our ``ema.safetensors``; a folder whose ``trainer_state.json`` is
+    missing or truncated was interrupted while being written.
+
+    Example:
+
+    ```python
+    >>> is_complete_checkpoint("robust-u1-sft/checkpoint-400")
+    True
+    ```
+    """
+    state = Path(folder) / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def set_aside_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Renames interrupted ``checkpoint-N`` folders of ``output_dir`` to ``incomplete-checkpoint-N``.
+
+    `Trainer.train(resume_from_checkpoint=True)` takes the highest-numbered ``checkpoint-N`` folder,
+    complete or not, and checkpoint rotation counts every such folder; set aside, an interrupted save
+    is invisible to both, so a resumed run continues from the last complete checkpoint. Returns the
+    new paths (kept for inspection; they may be deleted).
+
+    Example:
+
+    ```python
+    >>> set_aside_incomplete_checkpoints("robust-u1-sft")
+    [PosixPath('robust-u1-sft/incomplete-checkpoint-400')]
+    ```
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    moved = []
+    for folder in sorted(output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")):
+        if not folder.is_dir() or not folder.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit():
+            continue
+        if is_complete_checkpoint(folder):
+            continue
+        target = output_dir / f"incomplete-{folder.name}"
+        suffix = 1
+        while target.exists():
+            target = output_dir / f"incomplete-{folder.name}.{suffix}"
+            suffix += 1
+        folder.rename(target)
+        logger.warning(
+            f"{folder} was interrupted while being written (no valid trainer_state.json); moved to {target} "
+            "so that resuming starts from the last complete checkpoint. Delete it once inspected."
+        )
+        moved.append(target)
+    return moved
+
+
+class TrainingSafetyCallback(TrainerCallback):
+    """Stops training on a non-finite gradient norm, and sets interrupted checkpoints aside.
+
+    - Before every optimizer step the gradient norm is checked: NaN or ±inf (from a non-finite loss,
+      an overflow…) raises `NonFiniteTrainingError`, so the weights and the checkpoints never hold NaN.
+    - When the trainer is built, ``checkpoint-N`` folders of ``output_dir`` whose save was interrupted
+      (a kill while writing) are renamed (`set_aside_incomplete_checkpoints`), so that
+      ``resume_from_checkpoint=True`` resumes from the last complete one.
+
+    `FlowMatchingTrainer` and `FlowGRPOTrainer` add it themselves; pass it to a standard `Trainer`
+    (stage III) with ``callbacks=[TrainingSafetyCallback()]``.
+
+    Example:
+
+    ```python
+    >>> trainer = Trainer(model, args, train_dataset=rows, data_collator=collator, callbacks=[TrainingSafetyCallback()])
+    >>> trainer.train(resume_from_checkpoint=True)
+    ```
+    """
+
+    def on_init_end(self, args, state, control, **kwargs):
+        from accelerate import PartialState
+
+        if args.should_save:
+            set_aside_incomplete_checkpoints(args.output_dir)
+        if PartialState().num_processes > 1:
+            PartialState().wait_for_everyone()  # no rank looks for checkpoints before they are set aside
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        norm = gradient_norm(model)
+        if not math.isfinite(norm):
+            raise NonFiniteTrainingError(
+                f"Non-finite gradient norm ({norm}) at step {state.global_step + 1}; " + _NON_FINITE_ADVICE
+            )
