@@ -185,8 +185,9 @@ class TaylorSeerCache:
     """TaylorSeer state of one denoising run: one `BranchFeatureCache` per guidance branch.
 
     Create one per run (``model.denoise(..., taylorseer=config)`` and ``recover(enable_taylorseer=True)``
-    do) and pass it to ``model.guided_velocities(..., taylorseer=cache)`` at every step. A branch's cache starts at its
-    first call, so a CFG branch that only runs inside ``cfg_interval`` counts only those calls.
+    do) and pass it to ``model.guided_velocities(..., taylorseer=cache)`` at every step. A branch's
+    cache starts at its first call, so a CFG branch that only runs inside ``cfg_interval`` counts only
+    those calls.
 
     Example:
 
