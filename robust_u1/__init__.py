@@ -28,6 +28,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "VaeImageBlock": ".packing",
     "EditInputs": ".generation_robust_u1",
     "EditContexts": ".generation_robust_u1",
+    "DenoiseOutput": ".generation_robust_u1",
     "GuidanceConfig": ".configuration_recovery",
     "RecoveryConfig": ".configuration_recovery",
     "TaylorSeerConfig": ".taylorseer",

@@ -155,7 +155,7 @@ class RecoveryConfig(GuidanceConfig):
             else:
                 raise TypeError(f"num_inference_steps must be an int, got {type(steps).__name__} {steps!r}.")
         if steps < 2:
-            raise ValueError(f"num_inference_steps must be an int >= 2 (schedule points incl. t=1 and t=0), got {steps}.")
+            raise ValueError(f"num_inference_steps must be an int >= 2, got {steps} (the schedule points, t = 1 and t = 0 included).")
         self.num_inference_steps = steps
         self.sampling_shift = _check_number("sampling_shift (timestep_shift)", self.sampling_shift, low=0.0, low_open=True)
 

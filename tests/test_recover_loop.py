@@ -157,7 +157,7 @@ def test_a_diffusers_style_callback_object_declares_its_inputs(tiny, image):
         ({"timestep_shift": -1.0}, ValueError, r"sampling_shift \(timestep_shift\) must be > 0, got -1"),
         ({"timestep_shift": float("nan")}, ValueError, r"sampling_shift \(timestep_shift\) must be a finite number, got nan"),
         ({"sampling_shift": float("inf")}, ValueError, r"sampling_shift \(timestep_shift\) must be a finite number, got inf"),
-        ({"num_inference_steps": 1}, ValueError, r"num_inference_steps must be an int >= 2 \(schedule points incl. t=1 and t=0\), got 1"),
+        ({"num_inference_steps": 1}, ValueError, r"num_inference_steps must be an int >= 2, got 1 \(the schedule points, t = 1 and t = 0 included\)"),
         ({"num_inference_steps": 2.5}, TypeError, r"num_inference_steps must be an int, got float 2.5"),
         ({"num_inference_steps": "50"}, TypeError, r"num_inference_steps must be an int, got str '50'"),
         ({"cfg_text_scale": float("inf")}, ValueError, r"cfg_text_scale must be a finite number, got inf"),

@@ -36,5 +36,5 @@ def flow_timesteps(num_timesteps: int, shift: float, device=None) -> torch.Tenso
     ```
     """
     if num_timesteps < 2:
-        raise ValueError(f"num_inference_steps must be an int >= 2 (schedule points incl. t=1 and t=0), got {num_timesteps}.")
+        raise ValueError(f"num_inference_steps must be an int >= 2, got {num_timesteps} (the schedule points, t = 1 and t = 0 included).")
     return shift_timesteps(torch.linspace(1, 0, num_timesteps, device=device), shift)
