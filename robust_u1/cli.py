@@ -183,6 +183,10 @@ def run_eval(args: argparse.Namespace) -> int:
         # Judge failures are RuntimeErrors; they get the CLI's one-line error too, never a traceback.
         print(f"robust-u1 eval: error: {error}", file=sys.stderr)
         return 2
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under `accelerate launch` every process has the results; one writes the report
+        return 0
     written = write_report([results], output)
     print(written["markdown"].read_text())
     print(f"Report: {written['markdown']}  plot: {written['plot']}  results: {written['json']}")
