@@ -31,6 +31,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "DenoiseOutput": ".generation_robust_u1",
     "GuidanceConfig": ".configuration_recovery",
     "RecoveryConfig": ".configuration_recovery",
+    "TaylorSeerConfig": ".taylorseer",
     "RECOVERY_PROMPT": ".generation_robust_u1",
     "RobustU1Processor": ".processing_robust_u1",
     "RobustU1ImageProcessor": ".processing_robust_u1",

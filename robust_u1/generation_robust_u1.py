@@ -24,6 +24,7 @@ from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_pr
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .configuration_recovery import GuidanceConfig, RecoveryConfig, resolve_recovery_config
 from .sampling import EulerStep, StepRule, flow_timesteps, guided_velocity
+from .taylorseer import TaylorSeerCache, TaylorSeerConfig
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -213,18 +214,27 @@ class RobustU1GenerationMixin:
     # -- one guided step -------------------------------------------------------------------------
 
     def guided_velocities(
-        self, contexts: EditContexts, latents: Sequence[torch.Tensor], t: float, guidance: GuidanceConfig
+        self,
+        contexts: EditContexts,
+        latents: Sequence[torch.Tensor],
+        t: float,
+        guidance: GuidanceConfig,
+        taylorseer: TaylorSeerCache | None = None,
     ) -> list[torch.Tensor]:
         """Guided velocities of B noisy latents at time ``t``; the needed contexts run as one batched forward.
 
         The one place the denoising loop asks for velocities (``guidance`` may be a `RecoveryConfig`).
+        ``taylorseer`` (one per denoising run) lets each branch skip the decoder layers at its Taylor steps.
         """
         batch = len(latents)
         if not guidance.is_active(t):
-            return self.predict_velocity(contexts.gen, latents, contexts.grids, t)
-        caches = [contexts.gen, contexts.cfg_text] + ([contexts.cfg_img] if guidance.uses_image_context else [])
+            step = taylorseer.select(["gen"]) if taylorseer is not None else None
+            return self.predict_velocity(contexts.gen, latents, contexts.grids, t, taylorseer=step)
+        names = ["gen", "cfg_text"] + (["cfg_img"] if guidance.uses_image_context else [])
+        caches = [getattr(contexts, name) for name in names]
+        step = taylorseer.select(names) if taylorseer is not None else None
         velocities = self.predict_velocity(
-            RobustU1KVCache.concat(caches), list(latents) * len(caches), contexts.grids * len(caches), t
+            RobustU1KVCache.concat(caches), list(latents) * len(caches), contexts.grids * len(caches), t, taylorseer=step
         )
         v_gen, v_text = velocities[:batch], velocities[batch : 2 * batch]
         v_img = velocities[2 * batch :] if guidance.uses_image_context else [None] * batch
@@ -243,6 +253,7 @@ class RobustU1GenerationMixin:
         callback_on_step_end: Callable[..., dict[str, Any] | None] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         progress: bool = False,
+        taylorseer: TaylorSeerConfig | dict[str, Any] | None = None,
     ) -> DenoiseOutput:
         """The denoising loop of image recovery, used by `recover()` and by Flow-GRPO's rollouts.
 
@@ -271,6 +282,11 @@ class RobustU1GenerationMixin:
                 velocities of the step), ``denoised`` (the predicted clean latents ``x − t·v``: what a
                 preview should show, see `preview_latents`) and ``grids`` (the token grids).
             progress: show a tqdm bar.
+            taylorseer: TaylorSeer settings (`TaylorSeerConfig` or a dict of its fields) to skip the
+                decoder layers at most steps (`robust_u1.taylorseer`; fresh state for this call), or
+                None for the exact velocities. Not with a stochastic ``step_rule`` in the window: a
+                Taylor step's velocity ignores the current latent, so SDE transitions (and the
+                log-probabilities Flow-GRPO recomputes with the exact forward) would not match.
 
         Returns:
             A `DenoiseOutput`: final latents, the schedule, the recorded window steps and log-probs,
@@ -291,6 +307,13 @@ class RobustU1GenerationMixin:
         timesteps = flow_timesteps(config.num_inference_steps, config.sampling_shift).tolist()
         num_steps = len(timesteps) - 1
         window = set(range(num_steps) if sde_window is None else sde_window)
+        if taylorseer is not None and step_rule.stochastic and window & set(range(num_steps)):
+            raise ValueError(
+                "TaylorSeer cannot drive stochastic (SDE) steps: a Taylor step's velocity ignores the current latent, "
+                "so the sampled transitions would not follow the policy whose log-probabilities are trained. "
+                "Use it with the Euler (ODE) rule only, e.g. in recover()."
+            )
+        feature_cache = TaylorSeerCache(taylorseer) if taylorseer is not None else None  # per call: no state leak
         euler = EulerStep()
         x = list(latents)
         samples, next_samples, log_probs = [], [], []
@@ -298,7 +321,10 @@ class RobustU1GenerationMixin:
         for k in tqdm(range(num_steps), disable=not progress, desc="recover"):
             t, t_next = timesteps[k], timesteps[k + 1]
             # 1. The guided velocity of every image (its contexts run as one batched forward).
-            velocities = self.guided_velocities(contexts, x, t, config)
+            if feature_cache is None:
+                velocities = self.guided_velocities(contexts, x, t, config)
+            else:
+                velocities = self.guided_velocities(contexts, x, t, config, taylorseer=feature_cache)
             # 2. One step of the rule, image by image (their token counts may differ).
             rule = step_rule if k in window else euler
             outputs = [
@@ -506,6 +532,8 @@ class RobustU1GenerationMixin:
         recovery_config: RecoveryConfig | dict | None = None,
         callback_on_step_end: Callable[..., dict[str, Any] | None] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        enable_taylorseer: bool = False,
+        taylorseer_config: TaylorSeerConfig | dict[str, Any] | None = None,
         **overrides,
     ):
         """Recovers (restores) corrupted images with the generation expert, as the official edit loop.
@@ -533,6 +561,11 @@ class RobustU1GenerationMixin:
             callback_on_step_end, callback_on_step_end_tensor_inputs: called after each denoising step,
                 as in diffusers (see `denoise`): may replace ``latents`` and stop early by returning
                 ``{"interrupt": True}``, in which case the current latents are decoded and returned.
+            enable_taylorseer: TaylorSeer feature caching as the official inferencer's option: most
+                steps skip the decoder layers and extrapolate their output (≈ 2–3× fewer layer
+                passes, approximate); see `robust_u1.taylorseer`.
+            taylorseer_config: a `TaylorSeerConfig` or a dict of its fields (``fresh_threshold``,
+                ``first_enhance``, ``max_order``); None = the official defaults (3, 5, 6).
 
         Returns:
             One recovered image for one input image, else a list.
@@ -554,6 +587,9 @@ class RobustU1GenerationMixin:
             cfg_renorm_min=cfg_renorm_min, **overrides,
         )  # fmt: skip
         _check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if taylorseer_config is not None and not enable_taylorseer:
+            raise ValueError("taylorseer_config is given but enable_taylorseer=False: pass enable_taylorseer=True to use it.")
+        taylorseer = TaylorSeerConfig.from_value(taylorseer_config) if enable_taylorseer else None
         single = not isinstance(images, (list, tuple, EditInputs))
         inputs = self.prepare_edit_inputs(images, prompt, processor)
         count = len(inputs.vae_pixel_values)
@@ -567,6 +603,7 @@ class RobustU1GenerationMixin:
         result = self.denoise(
             contexts, x, config, callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, progress=progress,
+            taylorseer=taylorseer,
         )  # fmt: skip
         for index, final in enumerate(result.latents):
             if not torch.isfinite(final).all():
