@@ -555,6 +555,8 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
     def _embed_layout(self, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Input embeddings, RoPE position ids and expert mask of a planned query (`TokenLayoutPlanner`):
         text and image markers from the token table, ViT images through the ViT, latents at their time."""
+        if any(isinstance(p.block, VaeImageBlock) and p.block.tokens is None for p in layout.placements):
+            raise ValueError("The model takes VAE images as latent tokens: VaeImageBlock(*model.latent_to_tokens(latent)).")
         device = self.device
         as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
         embeds = torch.zeros(layout.num_tokens, self.text_config.hidden_size, device=device, dtype=self.dtype)
@@ -566,8 +568,6 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             block = placement.block
             if not isinstance(block, VaeImageBlock):
                 continue
-            if block.tokens is None:
-                raise ValueError("The model takes VAE images as latent tokens: VaeImageBlock(*model.latent_to_tokens(latent)).")
             count = block.tokens.shape[0]
             timesteps = torch.as_tensor(block.timestep, device=device, dtype=torch.float32).expand(count)
             position_ids = grid_position_ids(block.grid, self.config.max_latent_size, device)

@@ -75,7 +75,7 @@ class VaeImageBlock:
 
     def __post_init__(self):
         if (self.tokens is None) == (self.pixel_values is None):
-            raise ValueError("A VaeImageBlock takes either latent `tokens` with their `grid` or `pixel_values=`, not both.")
+            raise ValueError("A VaeImageBlock takes latent `tokens` with their `grid`, or `pixel_values=`: exactly one of the two.")
         if self.tokens is not None and self.grid is None:
             raise ValueError("A VaeImageBlock of latent tokens needs their `grid` (h, w); for pixels pass `pixel_values=`.")
 

@@ -92,8 +92,10 @@ def test_batch_layout_round_trip():
 
 
 def test_bad_blocks_are_named():
-    with pytest.raises(ValueError, match="either latent `tokens` with their `grid` or `pixel_values=`"):
+    with pytest.raises(ValueError, match="takes latent `tokens` with their `grid`, or `pixel_values=`: exactly one of the two"):
         VaeImageBlock()
+    with pytest.raises(ValueError, match="exactly one of the two"):
+        VaeImageBlock(torch.zeros(4, 16), (2, 2), pixel_values=torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="needs their `grid`.*for pixels pass `pixel_values=`"):
         VaeImageBlock(torch.zeros(3, 8, 8))  # the former VaeItem(pixels) spelling
     with pytest.raises(ValueError, match=r"VAE images must have sides divisible by 4, got \(6, 8\)"):
@@ -102,6 +104,32 @@ def test_bad_blocks_are_named():
         PLANNER.plan([["text"]])
     with pytest.raises(ValueError, match="Got 1 start positions for 2 sequences"):
         PLANNER.plan([[TextBlock([5])], [TextBlock([6])]], start_positions=[0])
+
+
+def test_training_batch_follows_the_plan():
+    from robust_u1.collators import PackedBatchBuilder
+
+    builder = PackedBatchBuilder(BOS, EOS, BOI, EOI, 2, 8, 4, 8)
+    sample = [
+        VaeImageBlock(pixel_values=torch.zeros(3, 8, 4)), VitImageBlock(torch.zeros(3, 4, 6)), TextBlock([7, 8, 9]),
+        TextBlock([10, 11], loss=True), VaeImageBlock(pixel_values=torch.zeros(3, 4, 8), noisy=True),
+    ]  # fmt: skip
+    batch = builder([sample, [TextBlock([5], loss=True)]])
+    assert batch["sequence_length"] == 25 + 3
+    assert batch["sample_lens"].tolist() == [25, 3]
+    assert batch["split_lens"].tolist() == [4, 8, 5, 4, 4, 3]
+    assert batch["attn_modes"].tolist() == [1, 1, 0, 0, 2, 0]
+    assert batch["packed_position_ids"].tolist() == [0] * 4 + [1] * 8 + [2, 3, 4, 5, 6] + [7, 8, 9, 10] + [11] * 4 + [0, 1, 2]
+    assert batch["ce_loss_indexes"].tolist() == [17, 18, 19, 25, 26]
+    assert batch["packed_label_ids"].tolist() == [10, 11, EOS, 5, EOS]
+    assert batch["mse_loss_indexes"].tolist() == [22, 23]
+    assert batch["packed_vae_token_indexes"].tolist() == [1, 2, 22, 23]
+    assert batch["packed_vit_token_indexes"].tolist() == list(range(5, 11))
+    assert batch["patchified_vae_latent_shapes"].tolist() == [[2, 1], [1, 2]]
+    assert batch["vae_image_is_noisy"] == [False, True]
+    assert batch["vit_token_seqlens"].tolist() == [6]
+    with pytest.raises(ValueError, match=r"Training samples give VAE images as pixels: VaeImageBlock\(pixel_values="):
+        builder([[VaeImageBlock(torch.zeros(2, 16), (1, 2))]])
 
 
 def test_training_and_inference_share_the_layout():
@@ -135,3 +163,5 @@ def test_training_and_inference_share_the_layout():
     latent_tokens = tokens.shape[0]
     expected = [0] * (latent_tokens + 2) + [1] * (4 + 2) + list(range(2, 2 + len(prompt) + 2))
     assert batch["packed_position_ids"].tolist() == expected
+    with pytest.raises(ValueError, match=r"^The model takes VAE images as latent tokens: VaeImageBlock\(\*model.latent_to_tokens"):
+        model.prefill(model.new_cache(1), [VaeImageBlock(pixel_values=vae_pixels)])
