@@ -48,13 +48,8 @@ class PackedBatchBuilder:
     ```
     """
 
-    bos_token_id: int
-    eos_token_id: int
-    start_of_image_token_id: int
-    end_of_image_token_id: int
-    vit_patch_size: int
+    planner: TokenLayoutPlanner
     vit_max_num_patch_per_side: int
-    latent_stride: int  # pixels per latent token side (VAE downsample × latent patch)
     max_latent_size: int
     max_tokens_per_batch: int | None = None
     max_sequence_length: int | None = None  # the model's max_position_embeddings: the longest sample
@@ -62,16 +57,8 @@ class PackedBatchBuilder:
     @classmethod
     def from_config(cls, config, max_tokens_per_batch: int | None = None) -> PackedBatchBuilder:
         return cls(
-            config.bos_token_id, config.eos_token_id, config.start_of_image_token_id, config.end_of_image_token_id,
-            config.vision_config.patch_size, config.vit_max_num_patch_per_side, config.pixels_per_latent_token,
-            config.max_latent_size, max_tokens_per_batch, config.text_config.max_position_embeddings,
-        )  # fmt: skip
-
-    @property
-    def planner(self) -> TokenLayoutPlanner:
-        return TokenLayoutPlanner(
-            self.bos_token_id, self.eos_token_id, self.start_of_image_token_id, self.end_of_image_token_id,
-            self.vit_patch_size, self.latent_stride,
+            TokenLayoutPlanner.from_config(config), config.vit_max_num_patch_per_side, config.max_latent_size,
+            max_tokens_per_batch, config.text_config.max_position_embeddings,
         )  # fmt: skip
 
     def sample_length(self, items: Sequence[Block]) -> int:
@@ -112,7 +99,7 @@ class PackedBatchBuilder:
         if vit:
             grids = [planner.image_grid(p.block) for p in vit]
             batch.update(
-                packed_vit_tokens=torch.cat([patchify(p.block.pixel_values, self.vit_patch_size) for p in vit]),
+                packed_vit_tokens=torch.cat([patchify(p.block.pixel_values, planner.vit_patch_size) for p in vit]),
                 packed_vit_position_ids=torch.cat([grid_position_ids(grid, self.vit_max_num_patch_per_side) for grid in grids]),
                 packed_vit_token_indexes=long(layout.vit_indexes), vit_token_seqlens=long([h * w for h, w in grids]),
             )  # fmt: skip

@@ -109,7 +109,7 @@ def test_bad_blocks_are_named():
 def test_training_batch_follows_the_plan():
     from robust_u1.collators import PackedBatchBuilder
 
-    builder = PackedBatchBuilder(BOS, EOS, BOI, EOI, 2, 8, 4, 8)
+    builder = PackedBatchBuilder(PLANNER, vit_max_num_patch_per_side=8, max_latent_size=8)
     sample = [
         VaeImageBlock(pixel_values=torch.zeros(3, 8, 4)), VitImageBlock(torch.zeros(3, 4, 6)), TextBlock([7, 8, 9]),
         TextBlock([10, 11], loss=True), VaeImageBlock(pixel_values=torch.zeros(3, 4, 8), noisy=True),
