@@ -559,8 +559,12 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             raise ValueError("The model takes VAE images as latent tokens: VaeImageBlock(*model.latent_to_tokens(latent)).")
         device = self.device
         as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        text_embeds = self.language_model.model.embed_tokens(layout.text_ids.to(device))
+        if len(layout.text_indexes) == layout.num_tokens:  # text only (decoding steps, prompts): no scatter
+            gen_mask = torch.zeros(layout.num_tokens, dtype=torch.bool, device=device)
+            return text_embeds.to(self.dtype), as_index(layout.position_ids), gen_mask
         embeds = torch.zeros(layout.num_tokens, self.text_config.hidden_size, device=device, dtype=self.dtype)
-        embeds[as_index(layout.text_indexes)] = self.language_model.model.embed_tokens(layout.text_ids.to(device))
+        embeds[as_index(layout.text_indexes)] = text_embeds
         vit_pixels = [p.block.pixel_values for p in layout.placements if isinstance(p.block, VitImageBlock)]
         if vit_pixels:
             embeds[as_index(layout.vit_indexes)] = self.embed_vit_images(vit_pixels)[0]
@@ -633,7 +637,8 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         return self.token_layout_planner.sequence_length(blocks)
 
     def _block_lengths(self, blocks: Sequence[Block]) -> list[int]:
-        return [self.token_layout_planner.num_tokens(block) for block in blocks]
+        planner = self.token_layout_planner
+        return [planner.num_tokens(block) for block in blocks]
 
     @property
     def token_layout_planner(self) -> TokenLayoutPlanner:
