@@ -64,8 +64,9 @@ def run_recover(args: argparse.Namespace) -> int:
     image = _open_input(args.input)
     model = _load(args.model, args.dtype)
     restored = model.recover(image, **_recover_kwargs(args))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    restored.save(args.output)
+    from .image_utils import save_image  # temporary name + rename; converts modes the format cannot hold
+
+    save_image(restored, args.output)
     print(f"Recovered image written to {args.output}")
     return 0
 
@@ -78,8 +79,9 @@ def run_ask(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, recover_kwargs=_recover_kwargs(args),
     )  # fmt: skip
     if result.recovered_image is not None and args.save_recovered:
-        Path(args.save_recovered).parent.mkdir(parents=True, exist_ok=True)
-        result.recovered_image.save(args.save_recovered)
+        from .image_utils import save_image
+
+        save_image(result.recovered_image, args.save_recovered)
         print(f"Recovered image: {args.save_recovered}")
     if result.reasoning:
         print(f"Reasoning: {result.reasoning}")

@@ -1,14 +1,8 @@
 """Processor of Robust-U1 / BAGEL: the Qwen2 tokenizer and BAGEL's two image transforms.
 
-Image input rule (any source → RGB uint8, documented once here):
-
-- PIL images: modes with alpha (RGBA, LA, PA, P with transparency) are composited on white, as
-  BAGEL's ``pil_img2rgb`` does; 16/32-bit integer and float modes (I;16, I, F) are rescaled from their
-  value range to 8 bits; every other mode (L, P, CMYK, YCbCr, …) goes through ``Image.convert("RGB")``.
-- numpy arrays: HW (grayscale), HWC with 1, 3 or 4 channels; uint8 as is, floats in [0, 1].
-- torch tensors: CHW (or HW) with 1, 3 or 4 channels; uint8 as is, floats in [0, 1].
-- ``str`` / ``Path``: an image file, opened with PIL (a missing, truncated or non-image file is a
-  `ValueError` naming the file).
+Images follow the library's one image-input rule, stated in `robust_u1.image_utils` (PIL modes with
+alpha composited on white as BAGEL's ``pil_img2rgb`` does, 16-bit rescaled, numpy HWC, torch CHW,
+floats finite and in [0, 1], EXIF orientation applied, paths opened); `to_rgb_image` is that rule.
 
 Every size is processed: the resize rule scales the image so its long side is at most ``max_size``
 and its short side at least ``min_size`` (long side wins), sides rounded to the stride. Extreme aspect
@@ -17,10 +11,8 @@ ratios therefore keep one side at the stride (e.g. 15×900 → 16×1024 for the 
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
@@ -28,63 +20,7 @@ from torchvision.transforms import functional as TF
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .corruptions.image_io import open_image
-
-ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
-
-
-def to_rgb_image(image: ImageInput) -> Image.Image:
-    """Any supported image input → an RGB PIL image (see the module docstring for the rule).
-
-    Example:
-
-    ```python
-    >>> to_rgb_image(np.zeros((4, 5), dtype=np.uint8)).size
-    (5, 4)
-    ```
-    """
-    if isinstance(image, (str, os.PathLike)):
-        return to_rgb_image(open_image(image))
-    if isinstance(image, torch.Tensor):
-        array = image.detach().cpu()
-        if array.dim() == 3:
-            array = array.permute(1, 2, 0)
-        return to_rgb_image(array.numpy())
-    if isinstance(image, np.ndarray):
-        array = _array_to_uint8(image)
-        if array.ndim == 3 and array.shape[-1] == 4:
-            return _composite_on_white(Image.fromarray(array, "RGBA"))
-        return Image.fromarray(array).convert("RGB")
-    if not isinstance(image, Image.Image):
-        raise TypeError(
-            f"Unsupported image type {type(image).__name__}: pass a PIL image, a numpy array, a torch tensor or a file path."
-        )
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"Empty image of size {image.size}.")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        return _composite_on_white(image.convert("RGBA"))
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        return Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8)).convert("RGB")
-    return image.convert("RGB")
-
-
-def _array_to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"Unsupported image array shape {array.shape}: expected HW, HWC or CHW with 1, 3 or 4 channels.")
-    if array.dtype == np.uint8:
-        return array
-    if np.issubdtype(array.dtype, np.floating):
-        return (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    raise ValueError(f"Unsupported image array dtype {array.dtype}: use uint8 or floats in [0, 1].")
-
-
-def _composite_on_white(rgba: Image.Image) -> Image.Image:
-    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+from .image_utils import ImageInput, to_rgb_image
 
 
 def resized_size(width: int, height: int, max_size: int, min_size: int, stride: int, max_pixels: int) -> tuple[int, int]:

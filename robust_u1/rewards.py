@@ -5,8 +5,10 @@ recovered images), ``prompts`` and every dataset column as a list (notably ``tar
 reference) — and return one float (or ``None`` when a sample cannot be scored) per image. Any callable
 with that signature is a valid reward; :func:`compute_rewards` evaluates and weights a list of them.
 
-Images may be PIL images, numpy arrays ``HWC``/``HW`` (uint8 in [0, 255] or float in [0, 1]), tensors
-``CHW``/``HW`` (uint8, or float in [0, 1]), a whole ``BCHW`` tensor, or file paths (references).
+Images follow the library's one image-input rule (`robust_u1.image_utils`): PIL images, numpy arrays
+``HWC``/``HW``, tensors ``CHW``/``HW``, or file paths (references), plus whole ``BCHW`` tensors / ``BHWC``
+arrays as batches. Float images must be finite and in [0, 1]: a float image in 0..255 or with NaN is a
+``ValueError`` naming the fix, never clamped into a wrong score.
 
 Example::
 
@@ -27,7 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pytorch_msssim import ssim
+
+from .image_metrics import SSIM_SIGMA, SSIM_WINDOW, structural_similarity
+from .image_utils import to_float_tensor, to_rgb_image
 
 __all__ = [
     "OFFICIAL_REWARD_WEIGHTS",
@@ -72,47 +76,6 @@ def _image_list(images: Sequence[ImageLike | None] | torch.Tensor | np.ndarray) 
     return list(images)
 
 
-def to_float_chw(image: ImageLike) -> torch.Tensor:
-    """Convert one image to a ``[3, H, W]`` float32 CPU tensor in [0, 1] (grayscale is repeated to RGB).
-
-    Example::
-
-        >>> to_float_chw(np.zeros((32, 48, 3), dtype=np.uint8)).shape
-        torch.Size([3, 32, 48])
-    """
-    if isinstance(image, (str, os.PathLike)):
-        image = Image.open(image)
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        array = image[..., None] if image.ndim == 2 else image
-        if array.ndim != 3:
-            raise ValueError(f"expected an HWC or HW array, got shape {image.shape}")
-        tensor = torch.from_numpy(np.array(array)).permute(2, 0, 1)  # copy: PIL-backed arrays are read-only
-    elif isinstance(image, torch.Tensor):
-        tensor = image.detach().cpu()
-        tensor = tensor[None] if tensor.ndim == 2 else tensor
-        if tensor.ndim != 3:
-            raise ValueError(f"expected a CHW or HW tensor, got shape {tuple(image.shape)}")
-    else:
-        raise TypeError(f"unsupported image type {type(image).__name__}")
-
-    tensor = tensor.float() / 255 if tensor.dtype == torch.uint8 else tensor.float()
-    if tensor.shape[0] == 1:
-        tensor = tensor.expand(3, -1, -1)
-    if tensor.shape[0] != 3:
-        raise ValueError(f"expected 1 or 3 channels, got {tensor.shape[0]} (shape {tuple(tensor.shape)})")
-    return tensor.clamp(0, 1)
-
-
-def to_pil(image: ImageLike) -> Image.Image:
-    """Convert one image to an RGB PIL image (floats are rounded to uint8, as the official reward does)."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    tensor = (to_float_chw(image) * 255).round().to(torch.uint8)
-    return Image.fromarray(tensor.permute(1, 2, 0).numpy())
-
-
 def _references(kwargs: dict[str, Any], column: str, batch_size: int) -> list[ImageLike | None]:
     if column not in kwargs:
         raise KeyError(f"needs the dataset column {column!r} (clean reference images); got {sorted(kwargs)}")
@@ -123,12 +86,16 @@ def _references(kwargs: dict[str, Any], column: str, batch_size: int) -> list[Im
 
 
 class SSIMReward:
-    """Pixel-structure reward ``R_pix = SSIM(output, clean)`` (pytorch-msssim, Gaussian window).
+    """Pixel-structure reward ``R_pix = SSIM(output, clean)``.
 
+    SSIM is the library's one definition (`robust_u1.image_metrics.structural_similarity`, also used by
+    the evaluation): Gaussian window σ = 1.5, 11 × 11 taps, mean over the valid region, as scikit-image
+    (``gaussian_weights=True, use_sample_covariance=False, data_range=1``) and pytorch-msssim compute it.
     The reference is resized to the output's size with bilinear interpolation (``align_corners=False``,
     no antialiasing), as the official Robust-U1 reward does. Images smaller than ``win_size`` pixels on a
     side raise ``ValueError`` (pytorch-msssim would silently skip smoothing). A ``None`` image or reference
-    gives a ``None`` reward.
+    gives a ``None`` reward. Images are read with the library's input rule: a float image outside
+    [0, 1] (e.g. in 0..255) or with NaN raises ``ValueError``, it is never clamped.
 
     Example::
 
@@ -142,7 +109,7 @@ class SSIMReward:
         self,
         device: str | torch.device | None = None,
         data_range: float = 1.0,
-        win_size: int = 11,
+        win_size: int = SSIM_WINDOW,
         reference_column: str = "target_image",
         name: str = "restoration",
     ) -> None:
@@ -154,8 +121,8 @@ class SSIMReward:
 
     def score(self, image: ImageLike, reference: ImageLike) -> float:
         """SSIM of one image against its reference (resized to the image's size)."""
-        output = to_float_chw(image)
-        target = to_float_chw(reference)
+        output = to_float_tensor(image)
+        target = to_float_tensor(reference)
         height, width = output.shape[-2:]
         if min(height, width) < self.win_size:
             raise ValueError(
@@ -164,14 +131,11 @@ class SSIMReward:
             )
         if target.shape[-2:] != output.shape[-2:]:
             target = F.interpolate(target[None], size=(height, width), mode="bilinear", align_corners=False)[0]
-        value = ssim(
-            output[None].to(self.device),
-            target[None].to(self.device),
-            data_range=self.data_range,
-            win_size=self.win_size,
-            size_average=False,
-        )
-        return float(value[0])
+        value = structural_similarity(
+            output.to(self.device), target.to(self.device), data_range=self.data_range, win_size=self.win_size,
+            sigma=SSIM_SIGMA,
+        )  # fmt: skip
+        return float(value)
 
     def __call__(self, images: Sequence[ImageLike | None], **kwargs: Any) -> list[float | None]:
         outputs = _image_list(images)
@@ -258,7 +222,8 @@ class CLIPSimilarityReward:
         dtype = next(self.model.parameters()).dtype
         embeddings = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [to_pil(image) for image in images[start : start + self.batch_size]]
+            # Floats are rounded to uint8, as the official reward does; out-of-range floats raise.
+            chunk = [to_rgb_image(image) for image in images[start : start + self.batch_size]]
             if hasattr(self.model, "get_image_features"):  # transformers CLIPModel
                 pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
                 features = self.model.get_image_features(pixel_values=pixels.to(self.device, dtype))

@@ -290,3 +290,36 @@ def test_random_corruption_rejects_inconsistent_configuration(kwargs, fragment):
     with pytest.raises(ValueError) as error:
         RandomCorruption(**kwargs)
     assert fragment in str(error.value)
+
+
+def _official_lens_blur(image: np.ndarray, intensity: float) -> np.ndarray:
+    """Robust-R1's lens_blur arithmetic (add_degradation.py), written independently: a
+    (3 + 300 i) | 1-tap Gaussian (sigma 20 i) applied channel by channel in float32, the blur
+    truncated to uint8, then blended with weights 1 - 0.7 i and 0.9 i (rounded, saturated)."""
+    size = int(3 + intensity * 300) | 1
+    kernel_1d = cv2.getGaussianKernel(size, intensity * 20)
+    kernel = np.outer(kernel_1d, kernel_1d)
+    blurred = np.stack(
+        [cv2.filter2D(image[..., c].astype(np.float32), -1, kernel) for c in range(3)], axis=-1
+    )
+    truncated = np.trunc(blurred).astype(np.uint8)
+    return cv2.addWeighted(image, 1 - 0.7 * intensity, truncated, 0.9 * intensity, 0)
+
+
+@pytest.mark.parametrize("intensity", [0.05, 0.23, 0.45, 0.9, 1.0])
+def test_lens_blur_matches_the_official_float_arithmetic_exactly(intensity):
+    from skimage import data
+
+    from robust_u1.corruptions.robust_r1 import lens_blur
+
+    image = data.astronaut()[100:260, 150:330].copy()
+    ours = lens_blur(image, intensity, np.random.default_rng(0))
+    assert np.array_equal(ours, _official_lens_blur(image, intensity))
+    # the previous arithmetic (blur of the uint8 image, rounded) is measurably different
+    rounded = cv2.addWeighted(
+        image, 1 - 0.7 * intensity, cv2.GaussianBlur(image, (0, 0), 20 * intensity), 0.9 * intensity, 0
+    )
+    assert not np.array_equal(rounded, ours)
+    # through the public API as well (images >= 32 px are not padded)
+    via_corrupt = corrupt(image, "robust_r1/lens_blur", intensity=intensity, seed=0)
+    assert np.array_equal(via_corrupt, ours)

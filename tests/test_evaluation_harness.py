@@ -193,6 +193,7 @@ def test_mcq_benchmarks_end_to_end(benchmarks, tmp_path):
     assert len(saved[0]["records"]) == 4 * 9
     markdown = written["markdown"].read_text()
     assert "## Anti-degradation" in markdown and "| color | " in markdown
+    assert "Recovery SSIM" in markdown and "σ = 1.5, 11 × 11 taps, mean over the valid region" in markdown
 
 
 def test_model_index_metadata_round_trips_through_a_model_card(benchmarks):

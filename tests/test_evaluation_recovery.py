@@ -60,7 +60,7 @@ def test_ssim_agrees_with_scikit_image():
         sigma=1.5,
         use_sample_covariance=False,
     )
-    assert ours == pytest.approx(reference, abs=1e-3)
+    assert ours == pytest.approx(reference, abs=1e-4)
 
 
 def test_recovered_images_are_resized_to_the_reference():

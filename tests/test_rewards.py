@@ -282,3 +282,37 @@ def test_ssim_and_clip_together_through_compute_rewards(clip_reward):
     assert weighted[0].item() == pytest.approx(1.2, abs=1e-5)
     assert weighted[1].item() < weighted[0].item()
     assert torch.isnan(weighted[2])
+
+
+# ------------------------------------------------------------------------------------ the input rule
+
+
+def test_rewards_refuse_float_images_in_0_255_instead_of_clamping(clip_reward):
+    # Before: clamped to [0, 1], a 0..255 float image scored SSIM 0.15 against itself in 0..1.
+    clean = _smooth_image()
+    message = r"float image values must be in \[0, 1\]; got values in \[.*\] \(for 0-255 data divide by 255"
+    with pytest.raises(ValueError, match=message):
+        SSIMReward(device="cpu")(images=[clean * 255], target_image=[clean])
+    with pytest.raises(ValueError, match=message):
+        clip_reward(images=[clean * 255], target_image=[clean])
+    with pytest.raises(RewardFunctionError, match=r"reward function 'restoration': raised ValueError: float image"):
+        compute_rewards([SSIMReward(device="cpu")], images=[clean.permute(1, 2, 0).numpy() * 255], target_image=[clean])
+    # the fix the message names gives the right score
+    assert SSIMReward(device="cpu")(images=[clean * 255 / 255], target_image=[clean]) == [pytest.approx(1.0, abs=1e-9)]
+
+
+def test_rewards_refuse_nan_images(clip_reward):
+    clean = _smooth_image()
+    broken = clean.clone()
+    broken[0, 0, 0] = float("nan")
+    for reward in (SSIMReward(device="cpu"), clip_reward):
+        with pytest.raises(ValueError, match=r"1 non-finite values \(NaN\)"):
+            reward(images=[broken], target_image=[clean])
+
+
+def test_rewards_read_hwc_and_half_precision_tensors():
+    clean = _smooth_image()
+    reward = SSIMReward(device="cpu")
+    assert reward(images=[clean.permute(1, 2, 0).contiguous()], target_image=[clean]) == [pytest.approx(1.0, abs=1e-9)]
+    half = reward(images=[clean.to(torch.bfloat16)], target_image=[clean])[0]
+    assert 0.95 < half < 1.0

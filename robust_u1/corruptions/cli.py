@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .image_io import open_image
+from ..image_utils import open_image, save_image
 from .registry import corrupt
 
 if TYPE_CHECKING:
@@ -43,7 +43,9 @@ def add_corrupt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         description="Corrupt one image with an ImageNet-C corruption or a Robust-R1 operation.",
     )
     parser.add_argument("input", metavar="IN", type=Path, help="image file to corrupt")
-    parser.add_argument("output", metavar="OUT", type=Path, help="where to write the result")
+    parser.add_argument(
+        "output", metavar="OUT", type=Path, help="where to write the result (format from its extension)"
+    )
     parser.add_argument(
         "--name", required=True, help="e.g. imagenet_c/fog, robust_r1/graffiti, zoom_blur"
     )
@@ -64,14 +66,18 @@ def add_corrupt_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def run_corrupt(args: argparse.Namespace) -> int:
-    """Run ``corrupt``; returns 0, or 1 after one error line on stderr."""
+    """Run ``corrupt``; returns 0, or 2 (the CLI error code) after one error line on stderr.
+
+    The input is read upright (EXIF orientation applied) and the result is written upright without
+    the tag; it goes to a temporary file that is renamed over OUT, and a mode OUT's format cannot
+    hold (e.g. RGBA or 16-bit for JPEG) is converted first, so an existing OUT is never emptied.
+    """
     try:
         image = open_image(args.input)
         corrupted = corrupt(
             image, args.name, severity=args.severity, intensity=args.intensity, seed=args.seed
         )
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        corrupted.save(args.output)
+        save_image(corrupted, args.output)
     except _EXPECTED_ERRORS as error:
         return _fail("corrupt", error)
     return 0
@@ -80,7 +86,7 @@ def run_corrupt(args: argparse.Namespace) -> int:
 def _fail(command: str, error: BaseException) -> int:
     message = " ".join(str(error).split())  # one line, whatever the exception text holds
     print(f"robust-u1 {command}: error: {message}", file=sys.stderr)
-    return 1
+    return 2
 
 
 def add_build_dataset_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -124,7 +130,7 @@ def add_build_dataset_parser(subparsers: argparse._SubParsersAction) -> argparse
 
 
 def run_build_dataset(args: argparse.Namespace) -> int:
-    """Run ``build-dataset``; returns 0, or 1 after one error line on stderr."""
+    """Run ``build-dataset``; returns 0, or 2 (the CLI error code) after one error line on stderr."""
     import datasets
 
     from ..data.recovery import build_recovery_dataset, export_jsonl

@@ -2,7 +2,10 @@
 
 Every corruption works on an RGB ``uint8`` array of shape (H, W, 3). :func:`to_rgb` converts the
 caller's image to that and returns a ``restore`` function that turns the corrupted RGB array back
-into the caller's type, mode, dtype, shape and device.
+into the caller's type, mode, dtype, shape and device. Which inputs are images, and how their
+values are read, is the library's one image-input rule (`robust_u1.image_utils`); this module only
+adds what corrupting needs on top of it: alpha is kept apart instead of composited, and the result
+goes back to the input's kind.
 
 Rules
 -----
@@ -11,8 +14,12 @@ Colour
     (``0.299 R + 0.587 G + 0.114 B``). Alpha is never corrupted: it is returned unchanged.
 Precision
     Corruptions run at 8-bit precision. ``uint16`` values (and PIL ``I`` / ``I;16*``) are read as
-    0-65535 and scaled by 1/257; floats (and PIL ``F``) are read as 0-1 and clipped to it; the
-    output is scaled back to the input's range and dtype.
+    0-65535 and scaled by 1/257; floats (and PIL ``F``) must be finite and in 0-1 (anything else is
+    a ``ValueError`` naming the fix, never a clip); the output is scaled back to the input's range
+    and dtype.
+Orientation
+    A PIL image with an EXIF orientation tag is corrupted upright and returned upright, without
+    the tag (its width and height swap for orientations 5-8).
 PIL modes
     ============================================  =============================================
     input mode                                    returned mode
@@ -29,26 +36,28 @@ numpy
     (H, W) or (H, W, C) with C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA); dtype uint8,
     uint16 (either byte order), int32 (read as 16-bit, like PIL ``I``) or float16/32/64.
 torch
-    (H, W) or (C, H, W) with C as above; dtype uint8, uint16 or any float (bfloat16 included); the
-    result is on the input's device.
+    (H, W) or (C, H, W) with C as above, or (H, W, C) where only the last side can be a channel
+    count; dtype uint8, uint16 or any float (bfloat16 included); the result has the input's layout,
+    dtype and device.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from ..image_utils import image_array, open_image, to_uint8, upright
+
+__all__ = ["open_image", "to_rgb"]
 
 Restore = Callable[[np.ndarray], Any]
 
-_SAME_MODE = {"RGB", "RGBA", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+_RETURNED_MODE = {"1": "L", "PA": "RGBA", "RGBa": "RGBA", "La": "LA"}
 _COLOUR_SPACE_MODES = {"CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
-_NORMALISED_MODE = {"1": "L", "PA": "RGBA", "RGBa": "RGBA", "La": "LA"}
-_SIXTEEN_BIT_MAX = 65535
 
 
 def to_rgb(image: Any) -> tuple[np.ndarray, Restore]:
@@ -63,67 +72,34 @@ def to_rgb(image: Any) -> tuple[np.ndarray, Restore]:
         return _pil_to_rgb(image)
     if isinstance(image, np.ndarray):
         return _numpy_to_rgb(image)
-    if _is_torch_tensor(image):
+    if type(image).__module__.startswith("torch") and hasattr(image, "permute"):
         return _torch_to_rgb(image)
     raise TypeError(
         f"expected a PIL.Image.Image, a numpy.ndarray or a torch.Tensor; got {type(image).__name__}"
     )
 
 
-def _is_torch_tensor(value: Any) -> bool:
-    # Checked by module name so that torch is only imported for callers who already use it.
-    return type(value).__module__.startswith("torch") and hasattr(value, "permute")
-
-
-def _numpy_to_rgb(array: np.ndarray) -> tuple[np.ndarray, Restore]:
-    if not _is_supported_dtype(array.dtype):
-        raise TypeError(
-            f"unsupported array dtype {array.dtype}; use uint8 (0-255), uint16 (0-65535) or "
-            "float (0-1), e.g. array.astype(np.uint8)"
-        )
-    if array.ndim == 2:
-        channels = array[..., None]
-    elif array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4):
-        channels = array
-    else:
-        raise ValueError(
-            f"expected an image of shape (H, W) or (H, W, C) with C in 1-4; got {array.shape} "
-            "(for a channel-first array use np.moveaxis(array, 0, -1); for a batch, loop over it)"
-        )
-    if channels.shape[0] == 0 or channels.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {array.shape}")
-
+def _channels_to_rgb(
+    channels: np.ndarray, shape: tuple[int, ...], dtype: np.dtype
+) -> tuple[np.ndarray, Restore]:
+    """Split validated (H, W, C) channels into RGB uint8 + alpha; ``restore`` rebuilds ``shape`` /
+    ``dtype`` with the alpha unchanged."""
     colour_channels = 3 if channels.shape[-1] >= 3 else 1
-    colour = _scale_to_uint8(channels[..., :colour_channels])
+    colour = to_uint8(channels[..., :colour_channels])
     alpha = channels[..., colour_channels:]
     rgb = np.ascontiguousarray(np.broadcast_to(colour, colour.shape[:2] + (3,)))
 
     def restore(corrupted: np.ndarray) -> np.ndarray:
         if colour_channels == 1:
             corrupted = cv2.cvtColor(corrupted, cv2.COLOR_RGB2GRAY)[..., None]
-        restored = np.concatenate([_scale_from_uint8(corrupted, array.dtype), alpha], axis=-1)
-        return restored.reshape(array.shape)
+        restored = np.concatenate([_scale_from_uint8(corrupted, channels.dtype), alpha], axis=-1)
+        return restored.reshape(shape).astype(dtype, copy=False)
 
     return rgb, restore
 
 
-def _is_supported_dtype(dtype: np.dtype) -> bool:
-    # Either byte order: PIL's I;16B arrays are big-endian uint16. int32 is PIL's "I" mode.
-    return (
-        (dtype.kind == "u" and dtype.itemsize in (1, 2))
-        or (dtype.kind == "f" and dtype.itemsize in (2, 4, 8))
-        or (dtype.kind == "i" and dtype.itemsize == 4)
-    )
-
-
-def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
-    if values.dtype == np.uint8:
-        return values
-    if values.dtype.kind == "f":
-        unit = np.clip(np.nan_to_num(values.astype(np.float64)), 0.0, 1.0)
-        return np.rint(unit * 255).astype(np.uint8)
-    sixteen_bit = np.clip(values.astype(np.int64), 0, _SIXTEEN_BIT_MAX)
-    return ((sixteen_bit + 128) // 257).astype(np.uint8)
+def _numpy_to_rgb(array: np.ndarray) -> tuple[np.ndarray, Restore]:
+    return _channels_to_rgb(image_array(array), array.shape, array.dtype)
 
 
 def _scale_from_uint8(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -135,31 +111,23 @@ def _scale_from_uint8(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _pil_to_rgb(image: Image.Image) -> tuple[np.ndarray, Restore]:
+    image = upright(image)
     mode = image.mode
     if mode == "P":
-        mode = "RGBA" if "transparency" in image.info else "RGB"
-        image = image.convert(mode)
-    elif mode in _NORMALISED_MODE:
-        mode = _NORMALISED_MODE[mode]
-        image = image.convert(mode)
-
-    if mode in _COLOUR_SPACE_MODES:
-        rgb, restore_rgb = _pil_to_rgb(image.convert("RGB"))
-        return rgb, lambda corrupted: restore_rgb(corrupted).convert(mode)
-    if mode not in _SAME_MODE:
-        raise ValueError(
-            f"unsupported PIL mode {image.mode!r}; convert it first, e.g. image.convert('RGB')"
-        )
-
-    array = np.asarray(image)
-    if mode == "F":
-        # F images carry 0-1 values by our float convention, so go through the float path.
-        array = array.astype(np.float32)
-    rgb, restore_array = _numpy_to_rgb(array)
+        returned = "RGBA" if "transparency" in image.info else "RGB"
+    else:
+        returned = _RETURNED_MODE.get(mode, mode)
+    channels = image_array(image)  # validates the mode and the values
+    if mode in _COLOUR_SPACE_MODES:  # corrupted as RGB, converted back below
+        shape, dtype = channels.shape, channels.dtype
+    else:  # the array PIL gives for the returned mode (e.g. big-endian for I;16B)
+        native = np.asarray(image.convert(returned) if returned != mode else image)
+        shape, dtype = native.shape, native.dtype
+    rgb, restore_array = _channels_to_rgb(channels, shape, dtype)
 
     def restore(corrupted: np.ndarray) -> Image.Image:
         restored = Image.fromarray(restore_array(corrupted))
-        return restored if restored.mode == mode else restored.convert(mode)
+        return restored if restored.mode == returned else restored.convert(returned)
 
     return rgb, restore
 
@@ -167,44 +135,16 @@ def _pil_to_rgb(image: Image.Image) -> tuple[np.ndarray, Restore]:
 def _torch_to_rgb(tensor: Any) -> tuple[np.ndarray, Restore]:
     import torch
 
-    if tensor.ndim not in (2, 3):
-        raise ValueError(
-            f"expected a tensor of shape (H, W) or (C, H, W); got {tuple(tensor.shape)} "
-            "(for a batch, loop over its images)"
-        )
-    if tensor.dtype.is_complex or tensor.dtype == torch.bool:
-        raise TypeError(f"unsupported tensor dtype {tensor.dtype}; use uint8 or a float dtype")
-    # numpy has no bfloat16: read it as float32 and cast back at the end.
-    host = tensor.detach().cpu()
-    if host.dtype == torch.bfloat16:
-        host = host.float()
-    channels_last = host if tensor.ndim == 2 else host.permute(1, 2, 0)
-    rgb, restore_array = _numpy_to_rgb(channels_last.numpy())
+    channels = image_array(tensor)  # validates shape, layout, dtype and values
+    # image_array refuses shapes that read both ways, so a leading channel count means (C, H, W).
+    channel_first = tensor.ndim == 3 and tensor.shape[0] in (1, 2, 3, 4)
+    shape = tuple(channels.shape[:2]) if tensor.ndim == 2 else tuple(channels.shape)
+    rgb, restore_array = _channels_to_rgb(channels, shape, channels.dtype)
 
     def restore(corrupted: np.ndarray) -> Any:
         restored = torch.from_numpy(np.ascontiguousarray(restore_array(corrupted)))
-        if tensor.ndim == 3:
+        if channel_first:
             restored = restored.permute(2, 0, 1).contiguous()
         return restored.to(device=tensor.device, dtype=tensor.dtype)
 
     return rgb, restore
-
-
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Reads an image file completely (in its own mode); a missing, truncated or non-image file is a
-    `ValueError` that names the file.
-
-    Example:
-        >>> open_image("missing.png")
-        Traceback (most recent call last):
-        ...
-        ValueError: Image file not found: missing.png
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"Image file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot read {path} as an image ({error}); is it a complete image file?") from error

@@ -84,13 +84,20 @@ def lens_blur(rgb: np.ndarray, intensity: float, rng: np.random.Generator) -> np
     """Out-of-focus lens: blend with a Gaussian blur of sigma 20 i. The official weights
     (1 - 0.7 i for the image, 0.9 i for the blur) sum above 1, so it also brightens slightly.
 
+    The official arithmetic is kept exactly: a 2-D kernel of ``int(3 + 300 i) | 1`` taps (the outer
+    product of OpenCV's 1-D Gaussian) filters the image in float32, the blur is truncated to uint8
+    (``astype``, not rounded), and ``cv2.addWeighted`` rounds the blend. Blurring the uint8 image
+    directly would round instead and shift values by up to 2 levels.
+
     Example:
         >>> lens_blur(np.zeros((8, 8, 3), np.uint8), 0.45, np.random.default_rng(0)).shape
         (8, 8, 3)
     """
-    sigma = 20 * intensity
-    blurred = cv2.GaussianBlur(rgb, (0, 0), sigma) if sigma > 0 else rgb
-    return cv2.addWeighted(rgb, 1 - 0.7 * intensity, blurred, 0.9 * intensity, 0)
+    if intensity <= 0:  # weight 1 on the image and 0 on the blur: the image itself
+        return rgb.copy()
+    taps = cv2.getGaussianKernel(int(3 + intensity * 300) | 1, intensity * 20)
+    blurred = cv2.filter2D(rgb.astype(np.float32), -1, taps @ taps.T)
+    return cv2.addWeighted(rgb, 1 - 0.7 * intensity, blurred.astype(np.uint8), 0.9 * intensity, 0)
 
 
 _MAX_FLARES = 33

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import datasets
 import numpy as np
-from PIL import Image
 
 from ..corruptions.levels import level_for_percent, parse_level
 from ..corruptions.registry import (
@@ -28,6 +26,7 @@ from ..corruptions.registry import (
     expand_names,
 )
 from ..corruptions.seeding import SeedLike, as_int_seed
+from ..image_utils import open_image
 from .caching import cache_file_name, fingerprint
 
 CLEAN_LEVEL = 0
@@ -151,9 +150,8 @@ def _degrade_example(
         example["corruption"] = None
         return example
     source = stored["bytes"] if stored["bytes"] is not None else stored["path"]
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        image.load()
-        example[image_column], record = degrade_at_level(image, percent, np.random.default_rng([seed, index]), chooser)
+    image = open_image(source)  # EXIF orientation applied, as datasets does when it decodes level 0
+    example[image_column], record = degrade_at_level(image, percent, np.random.default_rng([seed, index]), chooser)
     example["corruption"] = record.name
     return example
 

@@ -9,7 +9,6 @@ through its JSONL layout::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
 from ..evaluation.prompts import RECOVERY_PROMPT
+from ..image_utils import open_image, save_image, to_rgb_image
 from .caching import cache_file_name, fingerprint
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -143,8 +143,9 @@ def _corrupt_batch(
 ) -> dict[str, list]:
     rows: dict[str, list] = {name: [] for name in RECOVERY_FEATURES}
     for image, index in zip(batch[image_column], indices):
-        # convert() also drops the file reference, so datasets stores the clean pixels as PNG.
-        clean = image.convert("RGB")
+        # The library's input rule (alpha on white, 16-bit rescaled); the result is a copy without
+        # the file reference, so datasets stores the clean pixels as PNG.
+        clean = to_rgb_image(image)
         for sample in range(samples_per_image):
             record = sampler.draw(np.random.default_rng([seed, index, sample]))
             rows["image"].append(record.apply(clean))
@@ -237,39 +238,55 @@ def export_jsonl(
 
     jsonl_path = out_dir / jsonl_name
     written_clean: set[str] = set()
-    with jsonl_path.open("w", encoding="utf-8") as jsonl:
-        for row_index, row in enumerate(tqdm(raw, total=raw.num_rows, desc="Exporting JSONL")):
-            clean_index = row.get("source_index", row_index)
-            image_path = f"corrupted/{row_index:08d}.png"
-            target_path = f"clean/{clean_index:08d}.png"
-            _write_png(row["image"], out_dir / image_path)
-            if target_path not in written_clean:
-                _write_png(row["target_image"], out_dir / target_path)
-                written_clean.add(target_path)
-            extra = {
-                key: value
-                for key, value in row.items()
-                if key not in (*_IMAGE_COLUMNS, "prompt")
-                and (value is None or isinstance(value, (str, int, float, bool)))
-            }
-            record = {"prompt": row["prompt"], "image": image_path, "target_image": target_path}
-            jsonl.write(json.dumps({**record, **extra}) + "\n")
+    # Written under a temporary name and renamed at the end, so a failure never leaves a partial file.
+    partial_path = jsonl_path.with_name(f".{jsonl_path.name}.{os.getpid()}.tmp")
+    try:
+        with partial_path.open("w", encoding="utf-8") as jsonl:
+            for row_index, row in enumerate(tqdm(raw, total=raw.num_rows, desc="Exporting JSONL")):
+                clean_index = row.get("source_index", row_index)
+                image_path = f"corrupted/{row_index:08d}.png"
+                target_path = f"clean/{clean_index:08d}.png"
+                _write_png(row["image"], out_dir / image_path)
+                if target_path not in written_clean:
+                    _write_png(row["target_image"], out_dir / target_path)
+                    written_clean.add(target_path)
+                extra = {
+                    key: value
+                    for key, value in row.items()
+                    if key not in (*_IMAGE_COLUMNS, "prompt")
+                    and (value is None or isinstance(value, (str, int, float, bool)))
+                }
+                record = {"prompt": row["prompt"], "image": image_path, "target_image": target_path}
+                jsonl.write(json.dumps({**record, **extra}) + "\n")
+        os.replace(partial_path, jsonl_path)
+    finally:
+        partial_path.unlink(missing_ok=True)
     return jsonl_path
 
 
 def _write_png(value: Mapping[str, Any], path: Path) -> None:
-    """Write an undecoded datasets image ({"bytes", "path"}) as PNG, copying PNG bytes as is."""
+    """Write an undecoded datasets image ({"bytes", "path"}) as PNG, atomically: PNG bytes are
+    copied as is, other formats are decoded (EXIF orientation applied) and re-encoded."""
     data = value.get("bytes")
     if data is None:
         data = Path(value["path"]).read_bytes()
     if data.startswith(_PNG_SIGNATURE):
-        path.write_bytes(data)
+        _write_atomically(path, data)
         return
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        if image.mode not in _PNG_MODES:
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        image.save(path, format="PNG")
+    image = open_image(data)
+    if image.mode not in _PNG_MODES:
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    save_image(image, path, format="PNG")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """``data`` to a temporary file next to ``path``, then renamed over it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def load_jsonl(path: str | os.PathLike) -> datasets.Dataset:

@@ -1,14 +1,20 @@
-"""Decode the image encodings found in benchmark files into RGB PIL images."""
+"""Decode the image encodings found in benchmark files into RGB PIL images.
+
+Only the benchmark encodings (``{"bytes", "path"}`` dicts, base64 text) are handled here; reading the
+bytes and the pixels follows the library's one image-input rule (`robust_u1.image_utils`: EXIF
+orientation applied, alpha composited on white, 16-bit rescaled).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import os
 from typing import Any
 
 from PIL import Image
+
+from ..image_utils import open_image, to_rgb_image
 
 
 def decode_image(value: Any) -> Image.Image:
@@ -20,7 +26,7 @@ def decode_image(value: Any) -> Image.Image:
         'RGB'
     """
     if isinstance(value, Image.Image):
-        return value.convert("RGB")
+        return to_rgb_image(value)
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             return decode_image(value["bytes"])
@@ -28,15 +34,13 @@ def decode_image(value: Any) -> Image.Image:
             return decode_image(value["path"])
         raise ValueError("Image dict has neither 'bytes' nor 'path'.")
     if isinstance(value, (bytes, bytearray)):
-        with Image.open(io.BytesIO(value)) as image:
-            return image.convert("RGB")
-    if isinstance(value, str):
+        return to_rgb_image(open_image(value))
+    if isinstance(value, (str, os.PathLike)):
         if os.path.exists(value):
-            with Image.open(value) as image:
-                return image.convert("RGB")
+            return to_rgb_image(open_image(value))
         # VLMEvalKit TSVs store images as base64 text.
         try:
-            return decode_image(base64.b64decode(value, validate=True))
+            return decode_image(base64.b64decode(str(value), validate=True))
         except binascii.Error:
-            raise ValueError(f"{value[:60]!r} is neither an existing file nor base64 image data.") from None
+            raise ValueError(f"{str(value)[:60]!r} is neither an existing file nor base64 image data.") from None
     raise TypeError(f"Cannot decode an image from {type(value).__name__}.")

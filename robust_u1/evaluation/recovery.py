@@ -1,10 +1,13 @@
-"""Recovery quality: PSNR, SSIM and LPIPS between recovered and clean images (torchmetrics).
+"""Recovery quality: PSNR, SSIM and LPIPS between recovered and clean images.
 
-Images are compared as RGB in [0, 1] (``data_range=1``), one image at a time, and averaged over the
-set, as image-restoration papers report them. A recovered image whose size differs from its clean
-reference (BAGEL outputs multiples of 16 px) is resized to the reference size with bicubic
-resampling first. PSNR and SSIM are computed in float64; SSIM uses torchmetrics' defaults
-(Gaussian window 11, σ 1.5). LPIPS uses the
+Images are read with the library's one image-input rule (`robust_u1.image_utils`) and compared as RGB
+in [0, 1] (``data_range=1``), one image at a time, and averaged over the set, as image-restoration
+papers report them. A recovered image whose size differs from its clean reference (BAGEL outputs
+multiples of 16 px) is resized to the reference size with bicubic resampling first. PSNR (torchmetrics)
+and SSIM are computed in float64. SSIM is the library's one definition, shared with the stage II
+reward (`robust_u1.image_metrics.structural_similarity`): Gaussian window σ = 1.5, 11 × 11 taps, mean
+over the valid region, as scikit-image (``gaussian_weights=True, use_sample_covariance=False,
+data_range=1``) and pytorch-msssim compute it; images under 11 px on a side are refused. LPIPS uses the
 AlexNet variant by default, on inputs scaled to [-1, 1] (``normalize=True``).
 
 LPIPS needs torchvision's ImageNet backbone weights; torchmetrics ships only LPIPS's linear heads.
@@ -22,13 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+from torchmetrics.functional.image import peak_signal_noise_ratio
 from tqdm.auto import tqdm
 
-from .images import decode_image
+from ..image_metrics import structural_similarity
+from ..image_utils import to_float_tensor
 from .protocols import Recoverer
 
 RECOVERY_METRICS: tuple[str, ...] = ("psnr", "ssim", "lpips")
@@ -38,24 +39,6 @@ _LPIPS_BACKBONES = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze"
 
 class LPIPSWeightsNotFoundError(FileNotFoundError):
     """The ImageNet backbone weights LPIPS needs are not in the local torch-hub cache."""
-
-
-def image_to_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
-    """An RGB image as a float ``[3, H, W]`` tensor in [0, 1] (uint8 arrays are divided by 255).
-
-    Example:
-        >>> from PIL import Image
-        >>> image_to_tensor(Image.new("RGB", (4, 2), (255, 0, 0))).shape
-        torch.Size([3, 2, 4])
-    """
-    if isinstance(image, torch.Tensor):
-        tensor = image.detach().float().cpu()
-        return tensor / 255.0 if image.dtype == torch.uint8 else tensor
-    array = np.asarray(decode_image(image) if isinstance(image, Image.Image) else image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    scale = 255.0 if array.dtype == np.uint8 else 1.0
-    return torch.from_numpy(array.astype(np.float32) / scale).permute(2, 0, 1).contiguous()
 
 
 def lpips_weights_path(net_type: str = "alex") -> Path:
@@ -125,15 +108,13 @@ def recovery_scores(
     lpips = load_lpips(lpips_net, allow_download=allow_download) if "lpips" in metrics else None
     scores: dict[str, list[float]] = {name: [] for name in metrics}
     for restored_image, reference_image in zip(recovered, references, strict=True):
-        target = image_to_tensor(reference_image)[None]
-        prediction = _match_size(image_to_tensor(restored_image), target.shape[-2:])[None]
+        target = to_float_tensor(reference_image)[None]
+        prediction = _match_size(to_float_tensor(restored_image), target.shape[-2:])[None]
         # float64: float32 SSIM of flat regions is off by ~1e-4 (E[x²] − μ² cancellation).
         if "psnr" in scores:
             scores["psnr"].append(peak_signal_noise_ratio(prediction.double(), target.double(), data_range=1.0).item())
         if "ssim" in scores:
-            scores["ssim"].append(
-                structural_similarity_index_measure(prediction.double(), target.double(), data_range=1.0).item()
-            )
+            scores["ssim"].append(structural_similarity(prediction[0], target[0]).item())
         if lpips is not None:
             with torch.inference_mode():
                 scores["lpips"].append(lpips(prediction, target).item())

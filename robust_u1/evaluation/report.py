@@ -246,6 +246,10 @@ def write_report(results: Sequence[BenchmarkResults], output_dir: str | os.PathL
     if mcq:
         sections.append("## Anti-degradation (accuracy %)\n\n" + mcq_table(results))
         sections.append("## Per category\n\n" + "\n".join(category_table(result) for result in mcq))
+    sections.append(  # the one SSIM of robust_u1.image_metrics, stated wherever recovery scores are read
+        "_Recovery SSIM (`robust_u1.evaluation.recovery`, the `ssim` module, the stage II reward): Gaussian window "
+        "σ = 1.5, 11 × 11 taps, mean over the valid region, as scikit-image and pytorch-msssim compute it._\n"
+    )
     markdown = output_dir / "report.md"
     _write_text_atomically(markdown, "\n".join(sections))
     return {

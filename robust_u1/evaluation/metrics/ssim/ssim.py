@@ -1,5 +1,11 @@
 """SSIM for image recovery, as an `evaluate` metric module.
 
+The library's one SSIM definition (`robust_u1.image_metrics.structural_similarity`, also the stage II
+reward): Gaussian window σ = 1.5, 11 × 11 taps, K1 = 0.01, K2 = 0.03, data range 1, mean over the valid
+region (no padded border) and over the RGB channels — scikit-image's ``structural_similarity(
+gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)`` and pytorch-msssim's
+``ssim``. Images under 11 px on a side are refused.
+
 Load it offline from its folder::
 
     import evaluate
@@ -13,7 +19,12 @@ import evaluate
 
 from robust_u1.evaluation import metrics
 
-_DESCRIPTION = "Structural similarity (Gaussian window 11, sigma 1.5; higher is better) between recovered and clean RGB images in [0, 1], averaged over images."
+_DESCRIPTION = (
+    "Structural similarity (higher is better) between recovered and clean RGB images in [0, 1], averaged over "
+    "images: Gaussian window sigma 1.5 with 11 x 11 taps, mean over the valid region (no padded border), as "
+    "scikit-image (gaussian_weights=True, use_sample_covariance=False, data_range=1) and pytorch-msssim compute "
+    "it; the same function as the stage II SSIM reward. Images must be at least 11 px on a side."
+)
 
 _CITATION = """\
 @article{wang2004ssim,
