@@ -194,7 +194,10 @@ class TokenLayoutPlanner:
             return tuple(block.grid)
         pixels = block.pixel_values
         if pixels.shape[1] % self.latent_stride or pixels.shape[2] % self.latent_stride:
-            raise ValueError(f"VAE images must have sides divisible by {self.latent_stride}, got {tuple(pixels.shape[1:])}.")
+            raise ValueError(
+                f"VAE images must have sides divisible by {self.latent_stride} (pixels per latent token), got "
+                f"{tuple(pixels.shape[1:])}; resize them to multiples of {self.latent_stride}."
+            )
         return pixels.shape[1] // self.latent_stride, pixels.shape[2] // self.latent_stride
 
     def num_tokens(self, block: Block) -> int:

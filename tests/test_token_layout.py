@@ -98,7 +98,7 @@ def test_bad_blocks_are_named():
         VaeImageBlock(torch.zeros(4, 16), (2, 2), pixel_values=torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="needs their `grid`.*for pixels pass `pixel_values=`"):
         VaeImageBlock(torch.zeros(3, 8, 8))  # the former VaeItem(pixels) spelling
-    with pytest.raises(ValueError, match=r"VAE images must have sides divisible by 4, got \(6, 8\)"):
+    with pytest.raises(ValueError, match=r"VAE images must have sides divisible by 4 \(pixels per latent token\), got \(6, 8\); resize them"):
         PLANNER.plan([[VaeImageBlock(pixel_values=torch.zeros(3, 6, 8))]])
     with pytest.raises(TypeError, match="Unknown block str; use TextBlock, VitImageBlock or VaeImageBlock"):
         PLANNER.plan([["text"]])
@@ -165,3 +165,13 @@ def test_training_and_inference_share_the_layout():
     assert batch["packed_position_ids"].tolist() == expected
     with pytest.raises(ValueError, match=r"^The model takes VAE images as latent tokens: VaeImageBlock\(\*model.latent_to_tokens"):
         model.prefill(model.new_cache(1), [VaeImageBlock(pixel_values=vae_pixels)])
+    # recover() counts its sequences with the same planner before any computation
+    from robust_u1 import EditInputs
+
+    model.config.text_config.max_position_embeddings = 2 * (4 + 2) + (4 + 2) + len(prompt) + 2
+    model.check_edit_lengths(EditInputs([vae_pixels], [vit_pixels], [torch.as_tensor(prompt)]))
+    model.config.text_config.max_position_embeddings -= 1
+    with pytest.raises(ValueError, match=rf"^The input has {2 * 6 + 6 + len(prompt) + 2} tokens"):
+        model.check_edit_lengths(EditInputs([vae_pixels], [vit_pixels], [torch.as_tensor(prompt)]))
+    with pytest.raises(ValueError, match=r"VAE images must have sides divisible by 16 \(pixels per latent token\), got \(40, 32\)"):
+        model.check_edit_lengths(EditInputs([torch.zeros(3, 40, 32)], [vit_pixels], [torch.as_tensor(prompt)]))
