@@ -22,8 +22,8 @@ from .token_layout import ATTENTION_MODE_IDS, Block, TextBlock, TokenLayoutPlann
 MODE_IDS = ATTENTION_MODE_IDS
 
 # Earlier names of the block types on the training side (one set of types, `robust_u1.token_layout`):
-# ``TextItem(ids, loss=True)``, ``VitItem(pixels)``; a VAE image by its pixels is
-# ``VaeImageBlock(pixel_values=pixels, noisy=...)``.
+# ``TextItem(ids, loss=True)`` (``loss`` is keyword-only), ``VitItem(pixels)``; a VAE image by its
+# pixels is ``VaeImageBlock(pixel_values=pixels, noisy=...)`` (``VaeItem(pixels)`` raises, naming it).
 TextItem = TextBlock
 VitItem = VitImageBlock
 VaeItem = VaeImageBlock

@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -46,7 +46,7 @@ class TextBlock:
 
     ids: Sequence[int] | torch.Tensor
     wrap: bool = True
-    loss: bool = False
+    loss: bool = field(default=False, kw_only=True)
 
 
 @dataclass
