@@ -180,6 +180,7 @@ class TokenLayoutPlanner:
 
     @classmethod
     def from_config(cls, config) -> TokenLayoutPlanner:
+        """The planner of a `RobustU1Config` (its special token ids, ViT patch and latent token sizes)."""
         return cls(
             config.bos_token_id, config.eos_token_id, config.start_of_image_token_id, config.end_of_image_token_id,
             config.vision_config.patch_size, config.pixels_per_latent_token,
