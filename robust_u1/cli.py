@@ -20,7 +20,30 @@ from pathlib import Path
 BUNDLED_MODEL = "tinyworld"
 
 
-def _load(model_name: str, dtype: str | None):
+def _placement(args: argparse.Namespace) -> dict:
+    """``from_pretrained`` keywords of --device-map / --max-memory / --offload-folder / --quantize, checked first."""
+    placement = {}
+    if getattr(args, "max_memory", None):
+        from .loading import parse_max_memory
+
+        placement["max_memory"] = parse_max_memory(args.max_memory)
+    if getattr(args, "device_map", None):
+        placement["device_map"] = args.device_map
+    elif placement:
+        placement["device_map"] = "auto"  # a memory cap means planning a map
+    if getattr(args, "offload_folder", None):
+        placement["offload_folder"] = args.offload_folder
+    if getattr(args, "quantize", None):
+        import torch
+
+        from .loading import quantization_config_for
+
+        compute = getattr(torch, args.dtype) if args.dtype else None
+        placement["quantization_config"] = quantization_config_for(args.quantize, compute)
+    return placement
+
+
+def _load(model_name: str, dtype: str | None, placement: dict | None = None):
     import torch
 
     from .modeling_robust_u1 import RobustU1ForConditionalGeneration
@@ -35,8 +58,9 @@ def _load(model_name: str, dtype: str | None):
         )
         model_name = str(TINYWORLD_CHECKPOINT)
 
-    model = RobustU1ForConditionalGeneration.from_pretrained(model_name, dtype=getattr(torch, dtype) if dtype else None)
-    if torch.cuda.is_available():
+    placement = placement or {}
+    model = RobustU1ForConditionalGeneration.from_pretrained(model_name, dtype=getattr(torch, dtype) if dtype else None, **placement)
+    if torch.cuda.is_available() and not placement:  # a device map or quantizer has placed the weights
         model = model.to("cuda")
     if model.processor is None:
         raise ValueError(f"{model_name} has no processor (tokenizer) files; the CLI needs them.")
@@ -62,7 +86,7 @@ def _recover_kwargs(args) -> dict:
 
 def run_recover(args: argparse.Namespace) -> int:
     image = _open_input(args.input)
-    model = _load(args.model, args.dtype)
+    model = _load(args.model, args.dtype, _placement(args))
     restored = model.recover(image, **_recover_kwargs(args))
     from .image_utils import save_image  # temporary name + rename; converts modes the format cannot hold
 
@@ -73,7 +97,7 @@ def run_recover(args: argparse.Namespace) -> int:
 
 def run_ask(args: argparse.Namespace) -> int:
     image = _open_input(args.image)
-    model = _load(args.model, args.dtype)
+    model = _load(args.model, args.dtype, _placement(args))
     result = model.answer(
         image, args.question, options=args.option or None, recover=not args.no_recover, think=args.think,
         max_new_tokens=args.max_new_tokens, recover_kwargs=_recover_kwargs(args),
@@ -116,6 +140,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}.")
+    args.placement = _placement(args)  # placement flags are checked before any work
     is_rbench = args.benchmark.lower().replace("-", "") == "rbench"
     try:
         if is_rbench:
@@ -140,6 +165,10 @@ def run_eval(args: argparse.Namespace) -> int:
         # Judge failures are RuntimeErrors; they get the CLI's one-line error too, never a traceback.
         print(f"robust-u1 eval: error: {error}", file=sys.stderr)
         return 2
+    from .distributed import is_main_process
+
+    if not is_main_process():  # under `accelerate launch` every process has the results; one writes the report
+        return 0
     written = write_report([results], output)
     print(written["markdown"].read_text())
     print(f"Report: {written['markdown']}  plot: {written['plot']}  results: {written['json']}")
@@ -152,7 +181,8 @@ def _lazy_answerer(args: argparse.Namespace):
     def answer(image, prompt, options, mode):
         nonlocal answerer
         if answerer is None:
-            model = _load(args.model, args.dtype)
+            placement = getattr(args, "placement", None)
+            model = _load(args.model, args.dtype, placement) if placement else _load(args.model, args.dtype)
             recover_kwargs = {**_recover_kwargs(args), "progress": False}
             answerer = model.as_answerer(max_new_tokens=args.max_new_tokens, recover_kwargs=recover_kwargs)
         return answerer(image, prompt, options, mode)
@@ -204,6 +234,22 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_estimate_memory(args: argparse.Namespace) -> int:
+    if args.image_size < 16:
+        raise ValueError(f"--image-size must be at least 16 pixels, got {args.image_size}.")
+    from .memory import estimate_memory, format_estimates
+
+    modes = [args.quantize] if args.quantize else [None, "int8", "nf4"]
+    estimates = [estimate_memory(args.model, args.image_size, mode, args.dtype) for mode in modes]
+    print(format_estimates(estimates))
+    tokens = estimates[0].tokens
+    print(
+        f"KV tokens: gen {tokens['gen']}, cfg_text {tokens['cfg_text']}, cfg_img {tokens['cfg_img']} "
+        f"({tokens['vae_image']} VAE + {tokens['vit_image']} ViT image tokens); CUDA context (≈0.5 GiB) not included."
+    )
+    return 0
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=BUNDLED_MODEL, help=f"Hub id or folder (default {BUNDLED_MODEL!r}: the bundled TinyWorld model)."
@@ -214,6 +260,14 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-text-scale", type=float, default=4.0)
     parser.add_argument("--cfg-img-scale", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    _add_placement_arguments(parser)
+
+
+def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device-map", default=None, help="auto, balanced, sequential or one device (cuda:0, cpu).")
+    parser.add_argument("--max-memory", default=None, help="Per-device caps for the device map, e.g. 0=20GiB,1=20GiB,cpu=64GiB.")
+    parser.add_argument("--offload-folder", default=None, help="Folder for weights the device map puts on disk.")
+    parser.add_argument("--quantize", default=None, choices=["nf4", "int8", "int8-torchao"], help="4-/8-bit weights.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--results", default=None, help="results.json from `robust-u1 eval`, merged into the model-index.")
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=run_push)
+
+    memory = commands.add_parser("estimate-memory", help="Memory of one recovery, from the config only (no weights read).")
+    memory.add_argument("--model", required=True, help="Hub id or folder, either layout.")
+    memory.add_argument("--image-size", type=int, default=1024, help="Side of the square input image in pixels.")
+    memory.add_argument("--quantize", default=None, choices=["nf4", "int8", "int8-torchao"], help="One mode (default: bf16, INT8, NF4).")
+    memory.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    memory.set_defaults(func=run_estimate_memory)
 
     from .corruptions.cli import add_build_dataset_parser, add_corrupt_parser
 

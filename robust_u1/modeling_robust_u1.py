@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -35,6 +36,7 @@ from .attention import (
 )
 from .configuration_robust_u1 import RobustU1Config
 from .generation_robust_u1 import RobustU1GenerationMixin
+from .loading import module_execution_device
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .token_layout import TokenLayout, TokenLayoutPlanner, attention_layout_from_batch as _training_layout
 
@@ -110,6 +112,16 @@ class ExpertRouting:
             self.gen_index = gen_mask.nonzero().squeeze(1)
             self.und_index = (~gen_mask).nonzero().squeeze(1)
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> ExpertRouting:
+        """The same routing with its indexes on ``device`` (a layer placed there by a device map)."""
+        if self.all_gen or self.all_und or self.gen_index.device == torch.device(device):
+            return self
+        moved = object.__new__(ExpertRouting)
+        moved.__dict__.update(self.__dict__)
+        moved.gen_index = self.gen_index.to(device, non_blocking=non_blocking)
+        moved.und_index = self.und_index.to(device, non_blocking=non_blocking)
+        return moved
+
     def __call__(self, x: torch.Tensor, und: nn.Module, gen: nn.Module) -> torch.Tensor:
         """Apply ``und`` to understanding tokens and ``gen`` to generation tokens of ``x`` [N, …]."""
         if self.all_und:
@@ -168,8 +180,9 @@ def _merge_with_cache(k, v, layout, cache, layer_idx):
     for index, length in enumerate(layout.query_lens):
         new_k, new_v = k[start : start + length], v[start : start + length]
         if cache is not None and layout.cache_lens[index]:
-            new_k = torch.cat([cache.keys[layer_idx][index], new_k])
-            new_v = torch.cat([cache.values[layer_idx][index], new_v])
+            # .to: a no-op unless the cache was built before the layer moved (dispatched models)
+            new_k = torch.cat([cache.keys[layer_idx][index].to(new_k.device), new_k])
+            new_v = torch.cat([cache.values[layer_idx][index].to(new_v.device), new_v])
         keys.append(new_k)
         values.append(new_v)
         start += length
@@ -217,13 +230,21 @@ class RobustU1MoTModel(nn.Module):
         cos, sin = self.rotary_emb(inputs_embeds, position_ids[None])
         position_embeddings = (cos[0], sin[0])  # [N, D], broadcast over the heads of [N, H, D]
         hidden_states = inputs_embeds
+        # With a device map the layers sit on several devices: the routing indexes and RoPE tables
+        # are copied once per device, the hidden states follow the layers, and each layer's KV
+        # cache stays on that layer's device.
+        per_device = {inputs_embeds.device: (routing, position_embeddings)}
         for layer_idx, layer in enumerate(self.layers):
+            device = module_execution_device(layer) or hidden_states.device
+            if device not in per_device:
+                per_device[device] = (routing.to(device), tuple(t.to(device) for t in position_embeddings))
+            layer_routing, layer_rope = per_device[device]
             hidden_states, keys, values = layer(
-                hidden_states, routing, position_embeddings, layout, cache=cache, attention_backend=attention_backend
+                hidden_states.to(device), layer_routing, layer_rope, layout, cache=cache, attention_backend=attention_backend
             )
             if update_cache:
                 cache.keys[layer_idx], cache.values[layer_idx] = keys, values
-        return routing(hidden_states, self.norm, self.norm_moe_gen)
+        return routing(hidden_states.to(inputs_embeds.device), self.norm, self.norm_moe_gen)
 
 
 class RobustU1LanguageModel(nn.Module):
@@ -355,6 +376,32 @@ class RobustU1PreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _keys_to_ignore_on_load_unexpected = [r".*rotary_emb\.inv_freq"]
+    # Device maps are planned in these units (full-name regexes): the modules our code runs through
+    # their own forward(), so accelerate's hooks see every call (a container such as
+    # ``language_model`` or ``vae`` is never called itself: its ``encode``/``decode`` run its children).
+    _device_map_units = (
+        r"language_model\.model\.(embed_tokens|norm|norm_moe_gen|rotary_emb)", r"language_model\.model\.layers\.\d+",
+        r"language_model\.lm_head", r"vit_model\.vision_model\.(embeddings|post_layernorm)",
+        r"vit_model\.vision_model\.encoder\.layers\.\d+", r"connector", r"vit_pos_embed", r"latent_pos_embed",
+        r"time_embedder", r"vae2llm", r"llm2vae", r"vae\.(encoder|decoder|quant_conv|post_quant_conv)",
+    )  # fmt: skip
+    # Modules that must share one device, the token embeddings' (the first entry), as the official
+    # loader keeps them: their outputs are summed into one token embedding (connector + vit_pos_embed,
+    # vae2llm + time_embedder + latent_pos_embed) or indexed by the same expert routing (final norms,
+    # heads). Decoder layers, ViT layers and the VAE may sit anywhere.
+    _same_device_modules = (
+        "language_model.model.embed_tokens", "language_model.model.rotary_emb", "language_model.model.norm",
+        "language_model.model.norm_moe_gen", "language_model.lm_head", "connector", "vit_pos_embed",
+        "latent_pos_embed", "time_embedder", "vae2llm", "llm2vae",
+    )  # fmt: skip
+    # Never quantized (added to any quantization_config's skip list): the VAE (a convolutional
+    # autoencoder whose decode is the output image), the output head, the latent/time/connector
+    # projections whose small errors are amplified over 49 denoising steps, and the ViT patch
+    # embedding. Embeddings and the sin-cos tables are not Linear layers and stay as loaded.
+    _skip_modules_for_quantization = (
+        "vae", "language_model.lm_head", "vae2llm", "llm2vae", "time_embedder", "connector",
+        "vit_model.vision_model.embeddings",
+    )  # fmt: skip
 
     def _init_weights(self, module):
         if isinstance(module, PositionEmbedding2D):
@@ -420,43 +467,116 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             module.requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
         """Loads the Hugging Face layout, or the official BAGEL / Robust-U1 layout directly.
 
         An official folder or Hub repository (``llm_config.json``, ``vit_config.json``,
         ``ae.safetensors`` and ``ema.safetensors`` / ``model.safetensors`` / ``model_bf16.safetensors``)
         is built on the meta device and its safetensors are streamed in, cast to ``dtype``.
 
+        Both layouts accept transformers' placement arguments: ``device_map`` (``"auto"``,
+        ``"balanced"``, ``"sequential"``, a device or a dict; planned by `robust_u1.loading.plan_device_map`
+        so that ``_same_device_modules`` share a device), ``max_memory`` and ``offload_folder``; the
+        Hugging Face layout also ``quantization_config`` (bitsandbytes NF4 / INT8, torchao), which
+        never quantizes ``_skip_modules_for_quantization``. Hub ids load from the local cache when
+        ``HF_HUB_OFFLINE=1``. A checkpoint with missing, unexpected or misshaped keys is an error;
+        ``strict=False`` accepts missing keys (a deliberate partial load; they are initialised).
+
         Example:
 
         ```python
-        >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16)
+        >>> model = RobustU1ForConditionalGeneration.from_pretrained(
+        ...     "ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16, device_map="auto",
+        ...     max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"}, offload_folder="offload",
+        ... )
         ```
         """
-        from .convert_bagel_weights_to_hf import (
-            load_official_checkpoint,
-            official_processor,
-            resolve_official_checkpoint,
-        )
-        from .processing_robust_u1 import RobustU1Processor
+        from .loading import locate_checkpoint
 
-        official = resolve_official_checkpoint(pretrained_model_name_or_path, **kwargs)
-        if official is None:
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-            model.freeze_fixed_parts()
-            try:
-                model.processor = RobustU1Processor.from_pretrained(pretrained_model_name_or_path)
-            except (OSError, ValueError):
-                model.processor = None  # a checkpoint saved without its processor
+        location = locate_checkpoint(pretrained_model_name_or_path, **kwargs)
+        if location.layout == "official":
+            return cls._from_official(location.folder, strict=strict, **kwargs)
+        return cls._from_hf_layout(location.folder or pretrained_model_name_or_path, model_args, strict, kwargs)
+
+    @classmethod
+    def _from_official(cls, folder, strict: bool = True, **kwargs):
+        from .loading import HUB_KWARGS, as_dtype, load_official_checkpoint, official_processor
+
+        if kwargs.get("quantization_config") is not None:
+            # transformers' quantizers replace the Linear layers while loading; they take the official
+            # weights as one state dict (read once, cast to dtype) instead of a file.
+            from .loading import official_config, official_state_dict
+
+            config = official_config(folder)
+            dtype = as_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
+            state = official_state_dict(folder, config, dtype)
+            model = cls._from_hf_layout(None, (), strict, {**kwargs, "config": config, "state_dict": state})
+            model.processor = official_processor(folder)
             return model
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
-        device_map = kwargs.pop("device_map", None)
-        if device_map is not None and not isinstance(device_map, (str, torch.device)):
-            raise ValueError("Official-layout checkpoints load onto one device: pass device_map='cuda' or similar.")
-        model = load_official_checkpoint(official, cls, dtype=dtype, device=str(device_map or "cpu"))
+        placement = {k: kwargs.pop(k, None) for k in ("device_map", "max_memory", "offload_folder")}
+        ignored = sorted(set(kwargs) - set(HUB_KWARGS) - {"config", "trust_remote_code", "_from_pipeline", "_from_auto", "_commit_hash"})
+        if ignored:
+            raise TypeError(f"Unsupported arguments for an official-layout checkpoint: {ignored}.")
+        model = load_official_checkpoint(folder, cls, dtype=dtype, strict=strict, **placement)
         model.freeze_fixed_parts()
-        model.processor = official_processor(official)
+        model.processor = official_processor(folder)
         return model
+
+    @classmethod
+    def _from_hf_layout(cls, source, model_args, strict: bool, kwargs: dict):
+        from .loading import HUB_KWARGS, as_dtype, hf_weight_files, plan_device_map, raise_for_key_problems
+        from .processing_robust_u1 import RobustU1Processor
+
+        if isinstance(source, Path) and (source / "config.json").is_file():
+            hf_weight_files(source)  # a missing or truncated weight file is named before transformers reads it
+        kwargs = cls._with_quantization_skips(kwargs)
+        return_info = kwargs.pop("output_loading_info", False)
+        device_map = kwargs.get("device_map")
+        if device_map is not None:
+            config = kwargs.get("config")
+            if not isinstance(config, RobustU1Config):
+                config = RobustU1Config.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
+            with torch.device("meta"):
+                skeleton = cls(config)
+            dtype = as_dtype(kwargs.get("dtype", kwargs.get("torch_dtype")))
+            if dtype is not None:
+                skeleton.to(dtype)
+            kwargs["device_map"] = plan_device_map(skeleton, device_map, kwargs.pop("max_memory", None), dtype)
+            del skeleton
+        # transformers reports misshaped keys without naming them; we let it load and name them below.
+        accept_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            source, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        mismatched = [
+            f"{item[0]}: checkpoint {tuple(item[1])} vs model {tuple(item[2])}" if isinstance(item, (tuple, list)) else str(item)
+            for item in ([] if accept_mismatched else info.get("mismatched_keys", []))
+        ]
+        raise_for_key_problems(str(source), info.get("missing_keys", []) if strict else [], info.get("unexpected_keys", []), mismatched)
+        _use_generic_bnb_cpu_kernel_where_needed(model)
+        model.freeze_fixed_parts()
+        try:
+            model.processor = RobustU1Processor.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in HUB_KWARGS})
+        except (OSError, ValueError, TypeError):
+            model.processor = None  # a checkpoint saved without its processor (or weights given as a state dict)
+        return (model, info) if return_info else model
+
+    @classmethod
+    def _with_quantization_skips(cls, kwargs: dict) -> dict:
+        """Adds ``_skip_modules_for_quantization`` to the quantizer's skip list (a copy of the user's config)."""
+        config = kwargs.get("quantization_config")
+        if config is None:
+            return kwargs
+        import copy
+
+        from transformers.quantizers import AutoQuantizationConfig
+
+        config = AutoQuantizationConfig.from_dict(config) if isinstance(config, dict) else copy.deepcopy(config)
+        for attribute in ("llm_int8_skip_modules", "modules_to_not_convert"):
+            if hasattr(config, attribute):
+                setattr(config, attribute, sorted(set(getattr(config, attribute) or ()) | set(cls._skip_modules_for_quantization)))
+        return {**kwargs, "quantization_config": config}
 
     def rebuild_non_persistent_buffers(self, device: str | torch.device = "cpu") -> None:
         """Recomputes buffers that checkpoints do not store (RoPE frequencies) after a meta-device build."""
@@ -485,12 +605,17 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         text = self.text_config
         return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
 
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the token embeddings' execution device (accelerate's, when dispatched or offloaded)."""
+        language_model = getattr(self, "language_model", None)  # None while __init__ runs
+        return (language_model is not None and module_execution_device(language_model.model.embed_tokens)) or super().device
+
     def new_cache(self, batch_size: int) -> RobustU1KVCache:
-        """An empty KV cache for ``batch_size`` sequences."""
+        """An empty KV cache for ``batch_size`` sequences, each layer's part on that layer's device."""
         text = self.text_config
-        return RobustU1KVCache.empty(
-            text.num_hidden_layers, batch_size, text.num_key_value_heads, self.head_dim, self.device, self.dtype
-        )
+        devices = [module_execution_device(layer) or self.device for layer in self.language_model.model.layers]
+        return RobustU1KVCache.empty(text.num_hidden_layers, batch_size, text.num_key_value_heads, self.head_dim, devices, self.dtype)
 
     # -- VAE -------------------------------------------------------------------------------------
 
@@ -565,7 +690,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             return text_embeds.to(self.dtype), as_index(layout.position_ids), gen_mask
         embeds = torch.zeros(layout.num_tokens, self.text_config.hidden_size, device=device, dtype=self.dtype)
         embeds[as_index(layout.text_indexes)] = text_embeds
-        vit_pixels = [p.block.pixel_values for p in layout.placements if isinstance(p.block, VitImageBlock)]
+        vit_pixels = [p.block.pixel_values.to(device) for p in layout.placements if isinstance(p.block, VitImageBlock)]
         if vit_pixels:
             embeds[as_index(layout.vit_indexes)] = self.embed_vit_images(vit_pixels)[0]
         for placement in layout.placements:
@@ -784,6 +909,16 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             losses.append(mse_weight * output.mse_loss)
         output.loss = sum(losses) if losses else None
         return output
+
+
+def _use_generic_bnb_cpu_kernel_where_needed(model: nn.Module) -> None:
+    """bitsandbytes' AVX512-bf16 CPU path for 4-bit layers repacks the weight by blocks of 64 input
+    features and fails on other widths (SigLIP's fc2 has 4304); those layers use its generic CPU path."""
+    for module in model.modules():
+        state = getattr(getattr(module, "weight", None), "quant_state", None)
+        if getattr(module, "support_avx512bf16_for_cpu", False) and state is not None:
+            if module.in_features % state.blocksize:
+                module.support_avx512bf16_for_cpu = False
 
 
 __all__ = [

@@ -34,8 +34,10 @@ class RobustU1KVCache:
 
     @classmethod
     def empty(cls, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int, device=None, dtype=None):
-        blank = torch.empty(0, num_kv_heads, head_dim, device=device, dtype=dtype)
-        return cls([[blank] * batch_size for _ in range(num_layers)], [[blank] * batch_size for _ in range(num_layers)], [0] * batch_size)
+        """``device``: one device, or one per layer (a model split over devices keeps each layer's cache there)."""
+        devices = list(device) if isinstance(device, (list, tuple)) else [device] * num_layers
+        blanks = [torch.empty(0, num_kv_heads, head_dim, device=d, dtype=dtype) for d in devices]
+        return cls([[b] * batch_size for b in blanks], [[b] * batch_size for b in blanks], [0] * batch_size)
 
     @property
     def batch_size(self) -> int:

@@ -50,6 +50,7 @@ from transformers import TrainingArguments
 
 from .collators import PackedBatchBuilder, TextItem, VitItem
 from .data.caching import cache_file_name, fingerprint
+from .distributed import check_shared_cache, gather_datasets, process_share
 from .evaluation.options import normalize_options, parse_choice_string
 from .evaluation.prompts import build_mcq_prompt, build_open_prompt
 from .generation_robust_u1 import THINK_SYSTEM_PROMPT
@@ -192,8 +193,11 @@ def build_reasoning_dataset(
         sorted(recover_kwargs.items()),
         seed,
     )
+    # Under `accelerate launch` each process maps a contiguous share of the shards (same shard bounds and
+    # cache names as one process, so a run resumes whatever the process count) and the shares are gathered.
+    check_shared_cache(dataset, cache_dir)
     shards = []
-    for start in range(0, len(dataset), rows_per_shard):
+    for start in process_share(range(0, len(dataset), rows_per_shard)):
         stop = min(start + rows_per_shard, len(dataset))
         shard = dataset.select(range(start, stop))
         shard_key = f"{key}-{start:09d}-{stop:09d}"
@@ -221,7 +225,7 @@ def build_reasoning_dataset(
                 desc=f"Recovering images (rows {start}-{stop - 1} of {len(dataset)})",
             )
         )
-    return datasets.concatenate_datasets(shards)
+    return gather_datasets(shards)
 
 
 def _recover_batch(

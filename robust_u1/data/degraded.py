@@ -26,6 +26,7 @@ from ..corruptions.registry import (
     expand_names,
 )
 from ..corruptions.seeding import SeedLike, as_int_seed
+from ..distributed import check_shared_cache, gather_datasets, num_processes, process_bounds
 from ..image_utils import open_image
 from .caching import cache_file_name, fingerprint
 
@@ -81,11 +82,18 @@ def build_degraded_benchmark(
     features[image_column] = datasets.Image()
     features["level"] = datasets.Value("int64")
     features["corruption"] = datasets.Value("string")
+    # Under `accelerate launch` each process degrades its contiguous share of the rows (row i keeps seed
+    # [seed, i]); the shares are gathered per level, so the result equals the one-process one.
+    check_shared_cache(dataset, cache_dir)
+    start, stop = process_bounds(len(dataset))
+    share = dataset if num_processes() == 1 else dataset.select(range(start, stop))
     copies = []
     for percent in percents:
         key = fingerprint("degraded", dataset._fingerprint, image_column, names, base_seed, percent)
+        if num_processes() > 1:
+            key = f"{key}-{start:09d}-{stop:09d}"
         copies.append(
-            dataset.map(
+            share.map(
                 _degrade_example,
                 with_indices=True,
                 features=features,
@@ -95,12 +103,15 @@ def build_degraded_benchmark(
                     "chooser": chooser,
                     "seed": base_seed,
                     "image_column": image_column,
+                    "first_index": start,
                 },
                 new_fingerprint=key,
                 cache_file_name=cache_file_name(dataset, cache_dir, "degraded", key),
                 desc=f"Degrading images ({percent}%)",
             )
         )
+    if num_processes() > 1:
+        copies = [gather_datasets([copy]) for copy in copies]
     return datasets.concatenate_datasets(copies)
 
 
@@ -142,6 +153,7 @@ def _degrade_example(
     chooser: RandomCorruption,
     seed: int,
     image_column: str,
+    first_index: int = 0,
 ) -> dict[str, Any]:
     stored = _stored_image(example[image_column])
     example["level"] = percent
@@ -151,7 +163,7 @@ def _degrade_example(
         return example
     source = stored["bytes"] if stored["bytes"] is not None else stored["path"]
     image = open_image(source)  # EXIF orientation applied, as datasets does when it decodes level 0
-    example[image_column], record = degrade_at_level(image, percent, np.random.default_rng([seed, index]), chooser)
+    example[image_column], record = degrade_at_level(image, percent, np.random.default_rng([seed, first_index + index]), chooser)
     example["corruption"] = record.name
     return example
 

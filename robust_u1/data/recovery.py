@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
+from ..distributed import check_shared_cache, gather_datasets, num_processes, process_bounds
 from ..evaluation.prompts import RECOVERY_PROMPT
 from ..image_utils import open_image, save_image, to_rgb_image
 from .caching import cache_file_name, fingerprint
@@ -112,7 +113,14 @@ def build_recovery_dataset(
         samples_per_image,
         base_seed,
     )
-    return dataset.map(
+    # Under `accelerate launch` each process corrupts its contiguous share of the source images (row
+    # (i, s) keeps its seed [seed, i, s]) and the shares are gathered, equal to the one-process result.
+    check_shared_cache(dataset, cache_dir)
+    start, stop = process_bounds(len(dataset))
+    share = dataset
+    if num_processes() > 1:
+        share, key = dataset.select(range(start, stop)), f"{key}-{start:09d}-{stop:09d}"
+    pairs = share.map(
         _corrupt_batch,
         batched=True,
         batch_size=batch_size,
@@ -125,11 +133,13 @@ def build_recovery_dataset(
             "seed": base_seed,
             "samples_per_image": samples_per_image,
             "image_column": image_column,
+            "first_index": start,
         },
         new_fingerprint=key,
         cache_file_name=cache_file_name(dataset, cache_dir, "recovery", key),
         desc="Corrupting images",
     )
+    return gather_datasets([pairs])
 
 
 def _corrupt_batch(
@@ -140,9 +150,10 @@ def _corrupt_batch(
     seed: int,
     samples_per_image: int,
     image_column: str,
+    first_index: int = 0,
 ) -> dict[str, list]:
     rows: dict[str, list] = {name: [] for name in RECOVERY_FEATURES}
-    for image, index in zip(batch[image_column], indices):
+    for image, index in zip(batch[image_column], (first_index + local for local in indices)):
         # The library's input rule (alpha on white, 16-bit rescaled); the result is a copy without
         # the file reference, so datasets stores the clean pixels as PNG.
         clean = to_rgb_image(image)

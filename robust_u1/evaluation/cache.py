@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,13 @@ class JsonlCache:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._entries.get(key, default)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._entries.items())
+
+    def absorb(self, entries: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> None:
+        """Adds entries found elsewhere (other processes' caches) in memory only; this file is not written."""
+        self._entries.update(entries)
 
     def put(self, key: str, value: Any) -> None:
         self._entries[key] = value

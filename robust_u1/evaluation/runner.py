@@ -13,6 +13,14 @@ from typing import Any, Protocol
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..distributed import (
+    broadcast_from_main,
+    gather_objects,
+    is_main_process,
+    num_processes,
+    process_index,
+    process_share,
+)
 from .cache import JsonlCache, cache_key
 from .protocols import MODES, Answerer, Degrader, Mode
 
@@ -129,6 +137,10 @@ def evaluate_benchmark(
     answered, so a crashed run restarts where it stopped. Use one cache file per model.
     ``oracle`` answers do not depend on the level and are computed once, at the clean level.
 
+    Under ``accelerate launch`` / ``torchrun`` each process answers a contiguous share of the pending
+    cases into ``<cache stem>.process<rank>.jsonl``; the answers are gathered once, the main process
+    scores them (judge calls included) and every process returns the same results, equal to one process's.
+
     Example:
         >>> from robust_u1.evaluation import load_mcq_benchmark
         >>> bench = load_mcq_benchmark("tests/fixtures/eval/mmmb_tiny.tsv", name="MMMB")  # doctest: +SKIP
@@ -143,7 +155,7 @@ def evaluate_benchmark(
     cases = benchmark.cases(levels=levels, modes=modes, degrade=degrade, seed=seed)
     if not cases:
         raise ValueError(f"{benchmark.name} has nothing to evaluate at levels {list(levels)} in modes {list(modes)}.")
-    answers = JsonlCache(cache_path)
+    answers = _process_cache(cache_path)
     judge_cache = Path(cache_path).with_suffix(".judge.jsonl") if cache_path is not None else None
     if judge_cache is not None and judge_cache.exists():
         JsonlCache(judge_cache)  # read only after answering: a foreign or damaged file should fail now
@@ -152,6 +164,9 @@ def evaluate_benchmark(
     if pending and check_ready is not None:
         # Fail now, not after hours of answering, when e.g. the judge that scores the answers is unreachable.
         check_ready()
+    # Under `accelerate launch` each process answers a contiguous share of what is left (cases sharing an
+    # image stay mostly together) into its own cache file; the new answers are gathered once below.
+    pending = process_share(pending)
 
     current_image_key: tuple[Any, ...] | None = None
     current_image: Image.Image | None = None
@@ -164,6 +179,10 @@ def evaluate_benchmark(
             _case_key(benchmark, case, seed),
             {"response": str(reply.get("answer") or ""), "reasoning": reply.get("reasoning")},
         )
+    if num_processes() > 1:
+        mine = {key: answers.get(key) for key in (_case_key(benchmark, case, seed) for case in pending)}
+        for share in gather_objects(mine):
+            answers.absorb(share)
 
     records = [
         {
@@ -177,7 +196,9 @@ def evaluate_benchmark(
         }
         for case in cases
     ]
-    scored, metrics = benchmark.summarize(records, cache_path=judge_cache, progress=progress)
+    # One process scores (a judge is called once per answer and its cache has one writer); all get the result.
+    summary = benchmark.summarize(records, cache_path=judge_cache, progress=progress) if is_main_process() else None
+    scored, metrics = broadcast_from_main(summary)
     return BenchmarkResults(benchmark.name, benchmark.kind, model_name, levels, scored, metrics)
 
 
@@ -193,3 +214,25 @@ def _cached_answer(answers: JsonlCache, key: str) -> dict[str, Any]:
 
 def _case_key(benchmark: Benchmark, case: EvalCase, seed: int) -> str:
     return cache_key(benchmark.name, case.item_id, case.level, case.mode, seed)
+
+
+def _process_cache(cache_path: str | os.PathLike[str] | None) -> JsonlCache:
+    """The answers cache: ``answers.jsonl`` alone; ``answers.process<rank>.jsonl`` per process under a launcher.
+
+    Every process reads the shared file and all the per-process files, so a run resumes whatever the
+    number of processes of the interrupted one.
+    """
+    if cache_path is None or num_processes() == 1:
+        answers = JsonlCache(cache_path)
+        siblings = []
+    else:
+        path = Path(cache_path)
+        answers = JsonlCache(path.with_name(f"{path.stem}.process{process_index()}{path.suffix}"))
+        siblings = [path]
+    if cache_path is not None:
+        path = Path(cache_path)
+        siblings += sorted(path.parent.glob(f"{path.stem}.process*{path.suffix}"))
+    for sibling in siblings:
+        if sibling != answers.path and sibling.exists():
+            answers.absorb(JsonlCache(sibling).items())
+    return answers

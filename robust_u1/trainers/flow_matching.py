@@ -148,12 +148,13 @@ class FlowMatchingTrainer(Trainer):
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._micro_step = (-1, 0)
         self._eval_batches = 0
-        if args.ema_decay > 0 and (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+        if args.ema_decay > 0 and self.is_deepspeed_enabled:
             raise ValueError(
-                "ema_decay > 0 is not supported with FSDP or DeepSpeed yet (the EMA copy would be built from "
-                "unsharded weights on every process): set ema_decay=0 or train with DDP."
+                "ema_decay > 0 is not supported with DeepSpeed (the EMA copy would be built from unsharded weights "
+                "on every process): set ema_decay=0, or train with FSDP2 or DDP."
             )
-        self.ema = EMAWeights(self.model, args.ema_decay) if args.ema_decay > 0 else None
+        # Under FSDP the averages are built at their first use, after accelerate has sharded the model in train().
+        self.ema = EMAWeights(self.model, args.ema_decay, defer=self.is_fsdp_enabled) if args.ema_decay > 0 else None
         if self.ema is not None:
             self.add_callback(EMACallback(self.ema, self.model))
 
@@ -236,10 +237,12 @@ class FlowMatchingTrainer(Trainer):
 
     # -- saving: EMA beside the model, model card ----------------------------------------------
 
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
-        if self.ema is not None and self.args.should_save:
-            self.ema.save(output_dir or self.args.output_dir)
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Every process comes here (checkpoints, and FSDP users call save_model everywhere): under FSDP2 the EMA
+        # shards are gathered into full tensors, a collective; one process writes them.
+        if self.ema is not None:
+            self.ema.save(output_dir or self.args.output_dir, write=self.args.should_save)
+        super().save_model(output_dir, _internal_call)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

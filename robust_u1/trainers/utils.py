@@ -113,40 +113,112 @@ def sample_generator(device: torch.device, *stream: int) -> torch.Generator:
 class EMAWeights:
     """Exponential moving average of the trainable parameters (fp32 copies).
 
-    Saved as ``ema.safetensors`` beside a checkpoint; `state_dict_with_ema` gives the full model
-    state dict with the averaged values substituted (what BAGEL releases as its ``ema.safetensors``).
+    Under FSDP2 the averages are sharded like the model: each process keeps the average of its own
+    shards (the ``DTensor`` parameters' local tensors) and updates it without communication. With
+    ``defer=True`` the averages are built at their first use (update, load or save), from the
+    parameters as they are then: the trainers defer under FSDP, whose sharding happens in ``train()``,
+    so no process ever holds a full copy. An EMA built before the model was sharded is re-laid out as
+    the parameters' shards at its first update.
+
+    Saved as ``ema.safetensors`` beside a checkpoint (gathered into full tensors, written once);
+    `state_dict_with_ema` gives the full model state dict with the averaged values substituted (what
+    BAGEL releases as its ``ema.safetensors``).
+
+    Example:
+        >>> model = torch.nn.Linear(2, 1)
+        >>> ema = EMAWeights(model, decay=0.9)
+        >>> with torch.no_grad():
+        ...     _ = model.bias.add_(1.0)
+        >>> ema.update(model)  # the average moves 10 % of the way to the new value
+        >>> round(ema.shadow["bias"].item() - (model.bias.item() - 1.0), 4)
+        0.1
     """
 
     FILE_NAME = "ema.safetensors"
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, *, defer: bool = False):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {decay}.")
         self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self._model = model
+        self._shadow: dict[str, torch.Tensor] | None = None if defer else self._averages_of(model)
+
+    @staticmethod
+    def _averages_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        # A DTensor parameter (model already sharded) gives a DTensor average with the same shards.
+        return {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """The averages by parameter name (FSDP2: ``DTensor`` shards)."""
+        if self._shadow is None:
+            self._shadow = self._averages_of(self._model)
+        return self._shadow
+
+    def _laid_out_like(self, name: str, parameter: torch.Tensor) -> torch.Tensor:
+        """The average of ``name``, laid out as ``parameter``'s shards if FSDP2 sharded it after this EMA was built."""
+        shadow = self.shadow[name]
+        if _is_dtensor(parameter) and not _is_dtensor(shadow):
+            from torch.distributed.tensor import distribute_tensor
+
+            # Every process holds the same full average: each keeps its own shard, no communication.
+            shadow = distribute_tensor(
+                shadow.to(parameter.device), parameter.device_mesh, parameter.placements, src_data_rank=None
+            )
+            self.shadow[name] = shadow
+        return shadow
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         for name, parameter in model.named_parameters():
             if name in self.shadow:
-                self.shadow[name].lerp_(parameter.detach().float(), 1.0 - self.decay)
+                shadow = self._laid_out_like(name, parameter)
+                _local(shadow).lerp_(_local(parameter.detach()).float(), 1.0 - self.decay)
 
-    def save(self, folder: str | os.PathLike) -> None:
-        tensors = {k: v.contiguous().cpu() for k, v in self.shadow.items()}
-        atomic_write(Path(folder) / self.FILE_NAME, lambda path: save_file(tensors, str(path)))
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The averages as full CPU tensors; under FSDP2 a collective: every process must call it."""
+        return {name: _full(value).contiguous().cpu() for name, value in self.shadow.items()}
 
+    def save(self, folder: str | os.PathLike, write: bool = True) -> None:
+        """Writes ``ema.safetensors`` atomically; under FSDP2 call it on every process with ``write`` on one."""
+        tensors = self.full_state_dict()
+        if write:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(folder) / self.FILE_NAME, lambda path: save_file(tensors, str(path)))
+
+    @torch.no_grad()
     def load(self, folder: str | os.PathLike) -> None:
         stored = load_file(str(Path(folder) / self.FILE_NAME))
         if set(stored) != set(self.shadow):
             raise ValueError(f"The EMA state in {folder} does not match the trainable parameters of this run.")
         for name, value in stored.items():
-            self.shadow[name].copy_(value)
+            shadow = self.shadow[name]
+            if _is_dtensor(shadow):  # each process keeps its shard of the full saved average
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(shadow.device), shadow.device_mesh, shadow.placements, src_data_rank=None)
+            _local(shadow).copy_(_local(value))
 
     def state_dict_with_ema(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        for name, value in self.shadow.items():
-            state[name] = value.to(state[name].dtype).cpu()
+        """Full CPU tensors (under FSDP2 a collective: call it on every process)."""
+        state = {k: _full(v.detach()).cpu() for k, v in model.state_dict().items()}
+        for name, value in self.full_state_dict().items():
+            state[name] = value.to(state[name].dtype)
         return state
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "device_mesh") and hasattr(tensor, "to_local")
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2 ``DTensor`` (a collective); a plain tensor itself."""
+    return tensor.full_tensor() if _is_dtensor(tensor) else tensor
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP2 ``DTensor``; a plain tensor itself."""
+    return tensor.to_local() if _is_dtensor(tensor) else tensor
 
 
 class EMACallback(TrainerCallback):
@@ -154,6 +226,10 @@ class EMACallback(TrainerCallback):
 
     def __init__(self, ema: EMAWeights, model: torch.nn.Module):
         self.ema, self.model = ema, model
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A deferred EMA starts from the weights training starts with (sharded by now, or restored on resume).
+        _ = self.ema.shadow
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ema.update(self.model)
