@@ -4,8 +4,8 @@ Run: ``python benchmarks/bench_grpo.py``. For G = 4 and 8 rollouts of one 128² 
 16 schedule points as `FlowGRPOConfig`, three-context CFG), all from one run:
 
 - **shared prefill** (what `FlowGRPOTrainer` does): one `build_edit_contexts` for the image,
-  ``.select([0] * G)`` to give every rollout the same KV caches, and one batched `guided_velocities`
-  call for the G rollouts per step;
+  ``.select([0] * G)`` to give every rollout the same KV caches, and `model.denoise` (one batched
+  `guided_velocities` call for the G rollouts per step);
 - **separate**: G independent ``model.recover()`` calls, each prefilling its contexts and denoising alone.
 
 Both run the deterministic (Euler) sampler from the same initial noise and stop at the latents (the VAE
@@ -18,26 +18,23 @@ import torch
 from PIL import Image
 
 from bench_sft import alternating_medians
-from robust_u1.sampling import GuidanceConfig, euler_step, flow_timesteps
+from robust_u1 import FlowGRPOConfig
 from robust_u1.tiny import tiny_random_model
 
-NUM_INFERENCE_STEPS = 16
+# The rollout settings of FlowGRPOConfig's defaults (16 schedule points, the demo's guidance).
+CONFIG = FlowGRPOConfig("bench-grpo", report_to=[], use_cpu=True).recovery_config
+NUM_INFERENCE_STEPS = CONFIG.num_inference_steps
 
 
 def shared_prefill_rollouts(model, inputs, noises):
     contexts = model.build_edit_contexts(inputs, sample_posterior=False).select([0] * len(noises))
-    timesteps = flow_timesteps(NUM_INFERENCE_STEPS, 3.0).tolist()
-    x = list(noises)
-    for t, t_next in zip(timesteps[:-1], timesteps[1:]):
-        velocities = model.guided_velocities(contexts, x, t, GuidanceConfig())
-        x = [euler_step(xi, vi, t, t_next) for xi, vi in zip(x, velocities)]
-    return x
+    return model.denoise(contexts, noises, CONFIG).latents  # the trainer's loop, with the Euler rule everywhere
 
 
 def separate_rollouts(model, inputs, noises):
     return [
-        model.recover(inputs, num_inference_steps=NUM_INFERENCE_STEPS, latents=[noise], output_type="latent",
-                      progress=False, sample_posterior=False)[0]
+        model.recover(inputs, recovery_config=CONFIG, latents=[noise], output_type="latent", progress=False,
+                      sample_posterior=False)[0]
         for noise in noises
     ]  # fmt: skip
 

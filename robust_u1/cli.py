@@ -1,14 +1,21 @@
 """The ``robust-u1`` command line (also ``python -m robust_u1``).
 
 ```bash
-robust-u1 recover corrupted.png restored.png --steps 50
+robust-u1 recover corrupted.png restored.png --num-inference-steps 50 --cfg-text-scale 4
 robust-u1 ask corrupted.png "What animal is shown?" --option dog --option cat --save-recovered restored.png
 robust-u1 convert /path/to/BAGEL-7B-MoT ./bagel-7b-hf --dtype bfloat16
+robust-u1 demo --port 7860            # the interactive demo (pip install "robust-u1[demo]")
 ```
 
 Every command takes ``--model`` (a Hub id or folder, official or Hugging Face layout). Without it the
 bundled TinyWorld model is used (`robust_u1.tinyworld`): trained, offline, 2 M parameters, and it only
 knows TinyWorld's 32×32 images of coloured shapes.
+
+The sampling flags of ``recover``, ``ask`` and ``eval`` are the fields of `RecoveryConfig`, built by
+transformers' `HfArgumentParser` (``--num-inference-steps`` / ``--steps``, ``--sampling-shift`` /
+``--timestep-shift``, ``--cfg-text-scale``, ``--cfg-img-scale``, ``--cfg-interval LOW HIGH``,
+``--cfg-renorm-type``, ``--cfg-renorm-min``); a flag left out keeps the model's ``recovery_config``.
+They are checked before the model is loaded.
 """
 
 from __future__ import annotations
@@ -79,12 +86,23 @@ def _generator(seed: int):
     return torch.Generator().manual_seed(seed)
 
 
+def _recovery_overrides(args: argparse.Namespace) -> dict:
+    """The recovery settings given on the command line, checked (one line) before anything is loaded."""
+    from dataclasses import fields
+
+    from .configuration_recovery import RecoveryOverrides, resolve_recovery_config
+
+    overrides = {item.name: getattr(args, item.name) for item in fields(RecoveryOverrides) if getattr(args, item.name) is not None}
+    resolve_recovery_config(None, **overrides)  # raises ValueError / TypeError naming a bad value
+    return overrides
+
+
 def _recover_kwargs(args) -> dict:
-    return dict(num_inference_steps=args.steps, timestep_shift=args.timestep_shift, cfg_text_scale=args.cfg_text_scale,
-                cfg_img_scale=args.cfg_img_scale, generator=_generator(args.seed), progress=True)  # fmt: skip
+    return dict(_recovery_overrides(args), generator=_generator(args.seed), progress=True)
 
 
 def run_recover(args: argparse.Namespace) -> int:
+    _recovery_overrides(args)
     image = _open_input(args.input)
     model = _load(args.model, args.dtype, _placement(args))
     restored = model.recover(image, **_recover_kwargs(args))
@@ -96,6 +114,7 @@ def run_recover(args: argparse.Namespace) -> int:
 
 
 def run_ask(args: argparse.Namespace) -> int:
+    _recovery_overrides(args)
     image = _open_input(args.image)
     model = _load(args.model, args.dtype, _placement(args))
     result = model.answer(
@@ -224,6 +243,21 @@ def _judge(args):
     return TransformersJudge(args.judge_model)
 
 
+def run_demo(args: argparse.Namespace) -> int:
+    if args.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1 (runs of the model at a time), got {args.concurrency}.")
+    try:
+        import gradio  # noqa: F401  (checked before loading the model)
+    except ImportError:
+        raise ValueError('the demo needs Gradio: pip install "robust-u1[demo]"') from None
+    from .demo import launch_demo
+
+    model = _load(args.model, args.dtype, _placement(args))
+    print(f"Robust-U1 demo of {args.model} on http://{args.host}:{args.port} (Ctrl+C stops it)", file=sys.stderr)
+    launch_demo(model, model.processor, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency)
+    return 0
+
+
 def run_push(args: argparse.Namespace) -> int:
     from .evaluation import read_json
     from .hub import push_artifact
@@ -255,10 +289,6 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=BUNDLED_MODEL, help=f"Hub id or folder (default {BUNDLED_MODEL!r}: the bundled TinyWorld model)."
     )
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--steps", type=int, default=50, help="Flow schedule points (official num_timesteps).")
-    parser.add_argument("--timestep-shift", type=float, default=3.0)
-    parser.add_argument("--cfg-text-scale", type=float, default=4.0)
-    parser.add_argument("--cfg-img-scale", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     _add_placement_arguments(parser)
 
@@ -271,16 +301,27 @@ def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robust-u1", description="Robust-U1: recover corrupted images, then answer.")
+    # HfArgumentParser (an argparse.ArgumentParser) turns the RecoveryConfig fields into the sampling
+    # flags of `recover`, `ask` and `eval`, so that their names, help and defaults are written once.
+    from transformers import HfArgumentParser
+
+    from .configuration_recovery import RecoveryOverrides
+
+    parser = HfArgumentParser(
+        prog="robust-u1", description="Robust-U1: recover corrupted images, then answer.", formatter_class=argparse.HelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    recover = commands.add_parser("recover", help="Restore a corrupted image.")
+    sampling = dict(dataclass_types=[RecoveryOverrides], formatter_class=argparse.HelpFormatter)  # defaults are in the help
+    recover = commands.add_parser("recover", help="Restore a corrupted image.", **sampling)
     recover.add_argument("input")
     recover.add_argument("output")
     _add_sampling_arguments(recover)
     recover.set_defaults(func=run_recover)
 
-    ask = commands.add_parser("ask", help="Answer a question about a (corrupted) image, recovering it first.")
+    ask = commands.add_parser(
+        "ask", help="Answer a question about a (corrupted) image, recovering it first.", **sampling
+    )
     ask.add_argument("image")
     ask.add_argument("question")
     ask.add_argument("--option", action="append", help="A multiple-choice option (repeat for each).")
@@ -297,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     convert.set_defaults(func=run_convert)
 
-    evaluate = commands.add_parser("eval", help="Evaluate under corruption (MCQ benchmarks or R-Bench).")
+    evaluate = commands.add_parser("eval", help="Evaluate under corruption (MCQ benchmarks or R-Bench).", **sampling)
     evaluate.add_argument("benchmark", help="MMStar, RealWorldQA, MMMB, R-Bench, or a name for --source.")
     evaluate.add_argument(
         "--source", default=None,
@@ -335,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--quantize", default=None, choices=["nf4", "int8", "int8-torchao"], help="One mode (default: bf16, INT8, NF4).")
     memory.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     memory.set_defaults(func=run_estimate_memory)
+
+    demo = commands.add_parser("demo", help='Serve the interactive demo (Gradio; pip install "robust-u1[demo]").')
+    demo.add_argument(
+        "--model", default=BUNDLED_MODEL, help=f"Hub id or folder (default {BUNDLED_MODEL!r}: the bundled TinyWorld model)."
+    )
+    demo.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    demo.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0 for every interface).")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true", help="Also serve through a public gradio.live link.")
+    demo.add_argument("--concurrency", type=int, default=1, help="Runs of the model at a time; other users wait in the queue.")
+    _add_placement_arguments(demo)
+    demo.set_defaults(func=run_demo)
 
     from .corruptions.cli import add_build_dataset_parser, add_corrupt_parser
 

@@ -1,24 +1,25 @@
-"""Flow-GRPO formulas (Stage II of Robust-U1) as pure tensor functions.
+"""Flow-GRPO's reinforcement-learning formulas (Stage II of Robust-U1) as pure tensor functions:
+group-relative advantages, the clipped policy loss and the KL penalty.
 
-Conventions (BAGEL / flow_grpo): flow time ``sigma = 1`` is pure noise and ``sigma = 0`` is data; the
-velocity points from data to noise (``v ≈ eps - x0``); one Euler step of the ODE is
-``x' = x + v * (sigma_next - sigma)`` with ``dt = sigma_next - sigma < 0``. Tensors are batch-first and
-every computation runs in fp32, because the SDE mean overflows in bf16 (flow_grpo, official Robust-U1).
+The stochastic sampler steps whose log-probabilities these losses use live with the other step
+rules in `robust_u1.sampling` (`SDEStep`, `sde_step_with_logprob`, `sample_sde_window`); this module
+re-exports them under flow_grpo's names (flow time ``sigma``) for readers porting flow_grpo code.
 
 Typical use inside a training step::
 
-    out = sde_step_with_logprob(v, x, sigma, sigma_next, prev_sample=x_next_rollout, sigma_max=sigmas[1])
+    out = SDEStep(noise_level=0.7).step(v, x, t, t_next, prev_sample=x_next_rollout, t_max=timesteps[1])
     loss, stats = clipped_policy_loss(out.log_prob, old_log_prob, advantages, epsilon_low=1e-4)
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from .sampling.steps import SDEStepOutput, sample_sde_window
+from .sampling.steps import sde_step_with_logprob as _sde_step
 
 __all__ = [
     "SDEStepOutput",
@@ -28,37 +29,6 @@ __all__ = [
     "sample_sde_window",
     "sde_step_with_logprob",
 ]
-
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-@dataclass
-class SDEStepOutput:
-    """Result of one stochastic denoising step.
-
-    Attributes:
-        prev_sample: the next (less noisy) sample ``x'``, fp32, shape of ``sample``.
-        log_prob: per-sample log-density of ``prev_sample``, averaged over all non-batch dims, shape ``[B]``.
-        prev_sample_mean: the Gaussian mean ``mu``, fp32, shape of ``sample``.
-        std_dev_t: flow_grpo's ``std_dev_t``, broadcastable to ``sample``. For ``sde`` it is
-            ``a * sqrt(sigma / (1 - sigma))`` (the noise actually added is ``std_dev_t * sqrt(-dt)``);
-            for ``cps`` it is the full noise std ``sigma_next * sin(a * pi / 2)``. ``gaussian_kl`` expects it.
-    """
-
-    prev_sample: torch.Tensor
-    log_prob: torch.Tensor
-    prev_sample_mean: torch.Tensor
-    std_dev_t: torch.Tensor
-
-
-def _as_per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Turn a python float, a 0-d tensor or a per-sample ``[B]`` tensor into fp32 broadcastable to ``like``."""
-    tensor = torch.as_tensor(value, dtype=torch.float32, device=like.device)
-    if tensor.ndim == 1:
-        if tensor.shape[0] not in (1, like.shape[0]):
-            raise ValueError(f"per-sample sigma has {tensor.shape[0]} entries, batch has {like.shape[0]}")
-        tensor = tensor.view(-1, *([1] * (like.ndim - 1)))
-    return tensor
 
 
 def sde_step_with_logprob(
@@ -74,106 +44,18 @@ def sde_step_with_logprob(
     sigma_max: float | None = None,
     cps_log_prob: Literal["gaussian", "squared_error"] = "gaussian",
 ) -> SDEStepOutput:
-    """One Flow-GRPO stochastic step from ``sigma`` to ``sigma_next`` and the log-probability of its result.
-
-    ``sde`` (Flow-GRPO): ``std = a * sqrt(sigma / (1 - sigma))``,
-    ``mu = x * (1 + std^2 / (2 sigma) * dt) + v * (1 + std^2 (1 - sigma) / (2 sigma)) * dt``,
-    ``x' = mu + std * sqrt(-dt) * eps``. At ``sigma == 1`` the ``1 - sigma`` in the std is replaced by
-    ``1 - sigma_max``, where ``sigma_max`` is the schedule's second sigma (flow_grpo uses ``sigmas[1]``);
-    it must then be given, otherwise a ``ValueError`` is raised.
-
-    ``cps`` (coefficient-preserving sampling): ``std = sigma_next * sin(a * pi / 2)``, ``x0 = x - sigma v``,
-    ``x1 = x + (1 - sigma) v``, ``mu = x0 (1 - sigma_next) + x1 * sqrt(sigma_next^2 - std^2)``, ``x' = mu + std * eps``.
-
-    ``log_prob`` is the exact Gaussian log-density ``log N(x'; mu, s^2)`` (``s`` = the noise std actually
-    used), averaged over all non-batch dims. flow_grpo's CPS instead uses ``-(x' - mu)^2`` averaged over
-    dims (no ``1 / (2 s^2)`` scale, no constants); select it with ``cps_log_prob="squared_error"`` to
-    reproduce flow_grpo CPS ratios. When a step is deterministic (``noise_level = 0``, or CPS at
-    ``sigma_next = 0``) the step equals the Euler ODE step, the density is a Dirac and ``log_prob`` is
-    defined as 0 for it: such steps carry no policy gradient and should not be trained on.
-
-    Args:
-        velocity: model output ``v`` (data -> noise), ``[B, ...]``, any float dtype.
-        sample: current latents ``x`` at ``sigma``, same shape.
-        sigma, sigma_next: current / next flow time, python floats or per-sample ``[B]`` tensors.
-        noise_level: ``a``; 0.7 is the Flow-GRPO and official Robust-U1 default.
-        generator: RNG for the injected noise (ignored when ``noise`` or ``prev_sample`` is given).
-        prev_sample: score this given sample instead of drawing one (training-time recomputation).
-        noise: explicit standard-normal noise ``eps`` to use instead of drawing it.
-        sigma_max: the schedule's second sigma, needed for ``sde`` when ``sigma == 1``.
+    """`robust_u1.sampling.sde_step_with_logprob` with flow_grpo's argument names (``sigma`` = flow time ``t``).
 
     Example::
 
         >>> v, x = torch.randn(2, 16, 64), torch.randn(2, 16, 64)
-        >>> out = sde_step_with_logprob(v, x, sigma=0.8, sigma_next=0.7)
-        >>> out.prev_sample.shape, out.log_prob.shape
-        (torch.Size([2, 16, 64]), torch.Size([2]))
+        >>> sde_step_with_logprob(v, x, sigma=0.8, sigma_next=0.7).log_prob.shape
+        torch.Size([2])
     """
-    if sde_type not in ("sde", "cps"):
-        raise ValueError(f"sde_type must be 'sde' or 'cps', got {sde_type!r}")
-    if cps_log_prob not in ("gaussian", "squared_error"):
-        raise ValueError(f"cps_log_prob must be 'gaussian' or 'squared_error', got {cps_log_prob!r}")
-    if noise_level < 0:
-        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-    if prev_sample is not None and noise is not None:
-        raise ValueError("pass either prev_sample (to score it) or noise (to draw with it), not both")
-
-    velocity = velocity.float()
-    sample = sample.float()
-    sigma = _as_per_sample(sigma, sample)
-    sigma_next = _as_per_sample(sigma_next, sample)
-    dt = sigma_next - sigma
-
-    if sde_type == "sde":
-        at_pure_noise = sigma == 1
-        if sigma_max is None and bool(at_pure_noise.any()):
-            raise ValueError(
-                "sigma == 1 makes sqrt(sigma / (1 - sigma)) infinite: pass sigma_max (the schedule's second sigma, "
-                "as flow_grpo does with sigmas[1])"
-            )
-        # Without sigma_max no sigma is 1 here, so the fill value is never selected.
-        sigma_max_filled = torch.full_like(sigma, sigma_max if sigma_max is not None else 0.0)
-        denominator_sigma = torch.where(at_pure_noise, sigma_max_filled, sigma)
-        std_dev_t = noise_level * torch.sqrt(sigma / (1 - denominator_sigma))
-        prev_sample_mean = (
-            sample * (1 + std_dev_t**2 / (2 * sigma) * dt)
-            + velocity * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
-        )
-        noise_std = std_dev_t * torch.sqrt(-dt)
-    else:
-        std_dev_t = sigma_next * math.sin(noise_level * math.pi / 2)
-        predicted_data = sample - sigma * velocity
-        predicted_noise = sample + (1 - sigma) * velocity
-        prev_sample_mean = predicted_data * (1 - sigma_next) + predicted_noise * torch.sqrt(
-            sigma_next**2 - std_dev_t**2
-        )
-        noise_std = std_dev_t
-
-    if prev_sample is None:
-        if noise is None:
-            noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        prev_sample = prev_sample_mean + noise_std * noise.float()
-    else:
-        prev_sample = prev_sample.float()
-
-    # The rollout sample is data, not a function of the current parameters.
-    squared_error = (prev_sample.detach() - prev_sample_mean) ** 2
-    if sde_type == "cps" and cps_log_prob == "squared_error":
-        log_prob = -squared_error
-    else:
-        # A zero std would give 0/0; the safe std keeps values and gradients finite, the where() sets 0.
-        deterministic = noise_std == 0
-        safe_std = torch.where(deterministic, torch.ones_like(noise_std), noise_std)
-        gaussian = -squared_error / (2 * safe_std**2) - torch.log(safe_std) - _LOG_SQRT_2PI
-        log_prob = torch.where(deterministic, torch.zeros_like(gaussian), gaussian)
-    log_prob = log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
-
-    return SDEStepOutput(
-        prev_sample=prev_sample,
-        log_prob=log_prob,
-        prev_sample_mean=prev_sample_mean,
-        std_dev_t=std_dev_t,
-    )
+    return _sde_step(
+        velocity, sample, sigma, sigma_next, noise_level=noise_level, sde_type=sde_type, generator=generator,
+        prev_sample=prev_sample, noise=noise, t_max=sigma_max, cps_log_prob=cps_log_prob,
+    )  # fmt: skip
 
 
 def _group_index(
@@ -296,7 +178,7 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std_dev_t: torch.Ten
     """Per-sample KL penalty ``mean_dims((mu_theta - mu_ref)^2) / (2 * std_dev_t^2)``, shape ``[B]``.
 
     As in flow_grpo, the squared mean difference is averaged over all non-batch dims of each sample and
-    divided by ``std_dev_t`` from :func:`sde_step_with_logprob` (for ``sde`` this is the std *before* the
+    divided by ``std_dev_t`` from the SDE step (`robust_u1.sampling.SDEStep`) (for ``sde`` this is the std *before* the
     ``sqrt(-dt)`` factor, exactly as flow_grpo). Take ``.mean()`` for the batch loss. ``std_dev_t`` must be
     positive: deterministic (noise-free) steps have no KL and must not be passed.
 
@@ -311,37 +193,3 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std_dev_t: torch.Ten
     if bool((std <= 0).any()):
         raise ValueError("gaussian_kl needs std_dev_t > 0; noise-free steps have no KL term")
     return squared / (2 * std**2)
-
-
-def sample_sde_window(
-    num_steps: int,
-    window_size: int = 1,
-    window_range: tuple[int, int] = (0, 5),
-    generator: torch.Generator | None = None,
-) -> range:
-    """Draw the contiguous denoising-step indices that use SDE noise (and are trained); others run the ODE.
-
-    ``num_steps`` counts denoising steps (transitions ``sigmas[i] -> sigmas[i + 1]``). ``window_range`` is
-    half-open ``[lo, hi)`` like flow_grpo's ``sde_window_range``: the start is uniform in
-    ``[lo, hi - window_size]`` and the window is ``range(start, start + window_size)``. Defaults are the
-    official Robust-U1 ones (1 step inside ``(0, 5)``); flow_grpo's BAGEL template uses 3 steps inside
-    ``(0, num_steps // 2)``. ``window_size = 0`` means no window: SDE on every step but the last, which
-    flow_grpo keeps deterministic because its near-data Gaussian is too sharp for stable log-probs.
-
-    Example::
-
-        >>> sample_sde_window(15, window_size=3, window_range=(0, 7), generator=torch.Generator().manual_seed(0))
-        range(4, 7)
-    """
-    if window_size == 0:
-        return range(0, num_steps - 1)
-    low, high = window_range
-    if window_size < 0 or not 0 <= low <= high - window_size:
-        raise ValueError(f"a window of {window_size} steps does not fit in the range [{low}, {high})")
-    if high > num_steps:
-        raise ValueError(
-            f"window_range {window_range} reaches past the {num_steps} denoising steps; the window would hold "
-            "steps that never run"
-        )
-    start = int(torch.randint(low, high - window_size + 1, (1,), generator=generator))
-    return range(start, start + window_size)

@@ -34,10 +34,13 @@ from .attention import (
     packed_sdpa,
     resolve_attention_backend,
 )
+from .configuration_recovery import RecoveryConfig
 from .configuration_robust_u1 import RobustU1Config
 from .generation_robust_u1 import RobustU1GenerationMixin
 from .loading import module_execution_device
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
+from .sampling.schedule import shift_timesteps
+from .taylorseer import TaylorSeerStep
 from .token_layout import TokenLayout, TokenLayoutPlanner, attention_layout_from_batch as _training_layout
 
 # ----------------------------------------------------------------------------------------------
@@ -168,21 +171,25 @@ class RobustU1MoTAttention(nn.Module):
             attn = packed_flex_attention(q, k, v, layout)
             new_keys = new_values = None
         else:
-            new_keys, new_values = _merge_with_cache(k, v, layout, cache, self.layer_idx)
+            new_keys, new_values = _merge_with_cache(k, v, layout, cache)
             attn = packed_sdpa(q, new_keys, new_values, layout)
         attn = attn.reshape(n, self.num_heads * self.head_dim)
         return routing(attn, self.o_proj, self.o_proj_moe_gen), new_keys, new_values
 
 
-def _merge_with_cache(k, v, layout, cache, layer_idx):
-    """Per sequence: [cached keys, new keys] (and values)."""
+def _merge_with_cache(k, v, layout, cache):
+    """Per sequence: [cached keys, new keys] (and values); ``cache`` = this layer's (keys, values) lists.
+
+    The model hands each layer its own lists, so a layer never indexes by its ``layer_idx``: a compiled
+    layer then has no per-layer constant and one graph serves every layer (regional compilation).
+    """
     keys, values, start = [], [], 0
     for index, length in enumerate(layout.query_lens):
         new_k, new_v = k[start : start + length], v[start : start + length]
         if cache is not None and layout.cache_lens[index]:
             # .to: a no-op unless the cache was built before the layer moved (dispatched models)
-            new_k = torch.cat([cache.keys[layer_idx][index].to(new_k.device), new_k])
-            new_v = torch.cat([cache.values[layer_idx][index].to(new_v.device), new_v])
+            new_k = torch.cat([cache[0][index].to(new_k.device), new_k])
+            new_v = torch.cat([cache[1][index].to(new_v.device), new_v])
         keys.append(new_k)
         values.append(new_v)
         start += length
@@ -224,8 +231,12 @@ class RobustU1MoTModel(nn.Module):
         self.norm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.norm_moe_gen = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = Qwen2RotaryEmbedding(config)
+        self.compiled_layers: list[nn.Module] | None = None  # set by `compile_repeated_blocks`
 
-    def forward(self, inputs_embeds, position_ids, gen_mask, layout, cache=None, update_cache=False, attention_backend="auto"):
+    def forward(
+        self, inputs_embeds, position_ids, gen_mask, layout, cache=None, update_cache=False, attention_backend="auto",
+        final_norm=True,
+    ):  # fmt: skip
         routing = ExpertRouting(gen_mask)
         cos, sin = self.rotary_emb(inputs_embeds, position_ids[None])
         position_embeddings = (cos[0], sin[0])  # [N, D], broadcast over the heads of [N, H, D]
@@ -234,17 +245,26 @@ class RobustU1MoTModel(nn.Module):
         # are copied once per device, the hidden states follow the layers, and each layer's KV
         # cache stays on that layer's device.
         per_device = {inputs_embeds.device: (routing, position_embeddings)}
-        for layer_idx, layer in enumerate(self.layers):
-            device = module_execution_device(layer) or hidden_states.device
+        # Compiled layers serve only the denoising queries (cache read, not written): their shapes repeat
+        # every step, while prefills, decoding and training change shape at every call.
+        denoising = cache is not None and not update_cache and self.compiled_layers is not None
+        for layer_idx, layer in enumerate(self.compiled_layers if denoising else self.layers):
+            device = module_execution_device(self.layers[layer_idx]) or hidden_states.device
             if device not in per_device:
                 per_device[device] = (routing.to(device), tuple(t.to(device) for t in position_embeddings))
             layer_routing, layer_rope = per_device[device]
+            layer_cache = None if cache is None else (cache.keys[layer_idx], cache.values[layer_idx])
             hidden_states, keys, values = layer(
-                hidden_states.to(device), layer_routing, layer_rope, layout, cache=cache, attention_backend=attention_backend
+                hidden_states.to(device), layer_routing, layer_rope, layout, cache=layer_cache, attention_backend=attention_backend
             )
             if update_cache:
                 cache.keys[layer_idx], cache.values[layer_idx] = keys, values
-        return routing(hidden_states.to(inputs_embeds.device), self.norm, self.norm_moe_gen)
+        hidden_states = hidden_states.to(inputs_embeds.device)
+        return routing(hidden_states, self.norm, self.norm_moe_gen) if final_norm else hidden_states
+
+    def final_norm(self, hidden_states: torch.Tensor, gen_mask: torch.Tensor) -> torch.Tensor:
+        """``norm`` on understanding tokens, ``norm_moe_gen`` on generation tokens (after the last layer)."""
+        return ExpertRouting(gen_mask)(hidden_states, self.norm, self.norm_moe_gen)
 
 
 class RobustU1LanguageModel(nn.Module):
@@ -466,6 +486,46 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         for module in (self.vae, self.vit_pos_embed, self.latent_pos_embed):
             module.requires_grad_(False)
 
+    _repeated_blocks = ["RobustU1MoTDecoderLayer"]
+
+    def compile_repeated_blocks(self, *args, **kwargs) -> None:
+        """Regional compilation of the denoiser: ``torch.compile`` of each MoT decoder layer (`_repeated_blocks`).
+
+        As diffusers' ``ModelMixin.compile_repeated_blocks`` (which this model, a transformers model,
+        does not inherit), but the compiled layers serve only the denoising queries
+        (`predict_velocity`, hence `recover` and the GRPO rollouts), whose shapes repeat at every step.
+        Context prefills, text decoding and training keep the eager layers: their shapes change at
+        every call, so compiling them would only add compile time. Arguments go to `torch.compile`;
+        ``model.language_model.model.compiled_layers = None`` goes back to eager.
+
+        When it compiles: one graph serves every layer (no per-layer constant). The first denoising
+        call compiles it; the same image sizes, prompt lengths and guidance branches reuse it (no
+        recompilation across steps or calls). A new token count (another image size bucket or prompt
+        length) or another number of batched branches (guidance switching off inside ``cfg_interval``)
+        recompiles once; after a size changed, dynamo's automatic dynamic shapes make that size
+        symbolic, so further sizes reuse the dynamic graph.
+
+        Example:
+
+        ```python
+        >>> model.compile_repeated_blocks()  # or compile_repeated_blocks(mode="max-autotune") on GPU
+        >>> restored = model.recover(image)  # the first call compiles, later calls reuse the graph
+        ```
+        """
+        backend = kwargs.get("backend", args[0] if args else "inductor")
+        if backend == "inductor" and self.device.type == "cpu":
+            try:  # inductor generates C++ on CPU: fail here with the fix, not deep inside the first recover()
+                from torch._inductor.cpp_builder import get_cpp_compiler
+
+                get_cpp_compiler()
+            except Exception as error:
+                raise RuntimeError(
+                    f"torch.compile's inductor backend needs a C++ compiler on CPU and found none ({error}): "
+                    "install one (e.g. `apt-get install g++`) or set CXX, or pass backend='aot_eager'."
+                ) from error
+        model = self.language_model.model
+        model.compiled_layers = [torch.compile(layer, *args, **kwargs) for layer in model.layers]
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, strict: bool = True, **kwargs):
         """Loads the Hugging Face layout, or the official BAGEL / Robust-U1 layout directly.
@@ -491,12 +551,18 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         ... )
         ```
         """
-        from .loading import locate_checkpoint
+        from .loading import HUB_KWARGS, locate_checkpoint
 
         location = locate_checkpoint(pretrained_model_name_or_path, **kwargs)
+        source = location.folder or pretrained_model_name_or_path
+        hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
         if location.layout == "official":
-            return cls._from_official(location.folder, strict=strict, **kwargs)
-        return cls._from_hf_layout(location.folder or pretrained_model_name_or_path, model_args, strict, kwargs)
+            model = cls._from_official(location.folder, strict=strict, **kwargs)
+        else:
+            model = cls._from_hf_layout(source, model_args, strict, kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model  # (model, info) with output_loading_info=True
+        loaded.recovery_config = RecoveryConfig.from_pretrained(source, **hub_kwargs)  # defaults when it has none
+        return model
 
     @classmethod
     def _from_official(cls, folder, strict: bool = True, **kwargs):
@@ -707,12 +773,13 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
     # -- inference building blocks -------------------------------------------------------------
 
     def run_blocks(
-        self, cache: RobustU1KVCache, blocks: Sequence[Block], update_cache: bool
+        self, cache: RobustU1KVCache, blocks: Sequence[Block], update_cache: bool, final_norm: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Runs one block per sequence against ``cache``; returns final hidden states, expert mask, lengths.
 
         With ``update_cache`` the blocks' keys/values are appended and the RoPE positions advanced
-        (a context prefill); without it the cache is only read (a denoising query).
+        (a context prefill); without it the cache is only read (a denoising query). With
+        ``final_norm=False`` the hidden states are the last decoder layer's output (TaylorSeer caches it).
         """
         if len(blocks) != cache.batch_size:
             raise ValueError(f"Got {len(blocks)} blocks for a cache of {cache.batch_size} sequences.")
@@ -723,7 +790,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         layout = plan.attention_layout(cache_lens=cache.lengths)
         hidden = self.language_model.model(
             embeds.to(self.dtype), positions, gen_mask, layout, cache=cache, update_cache=update_cache,
-            attention_backend=self.attention_backend,
+            attention_backend=self.attention_backend, final_norm=final_norm,
         )  # fmt: skip
         if update_cache:
             cache.next_positions = plan.next_positions
@@ -793,14 +860,21 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         latents: Sequence[torch.Tensor],
         grids: Sequence[tuple[int, int]],
         timesteps: Sequence[float] | torch.Tensor,
+        taylorseer: TaylorSeerStep | None = None,
     ) -> list[torch.Tensor]:
         """Flow velocity (ε − x₀ direction) of noisy latent tokens against cached contexts, one per sequence.
 
-        The cache is read, never written: every denoising step reuses the same prefill.
+        The cache is read, never written: every denoising step reuses the same prefill. With
+        ``taylorseer`` (the branches of this call, see `robust_u1.taylorseer`), branches at a Taylor
+        step skip the decoder layers and extrapolate their cached last-layer output.
         """
         timesteps = torch.as_tensor(timesteps, dtype=torch.float32).flatten().expand(len(latents))
         blocks = [VaeImageBlock(x, grid, t, noisy=True) for x, grid, t in zip(latents, grids, timesteps)]
-        hidden, _, lengths = self.run_blocks(cache, blocks, update_cache=False)
+        if taylorseer is None:
+            hidden, _, lengths = self.run_blocks(cache, blocks, update_cache=False)
+        else:
+            hidden, gen_mask, lengths = taylorseer.decoder_outputs(self, cache, blocks)
+            hidden = self.language_model.model.final_norm(hidden, gen_mask)
         velocities, start = [], 0
         for x, length in zip(latents, lengths):
             velocities.append(self.llm2vae(hidden[start + 1 : start + 1 + x.shape[0]]))
@@ -879,8 +953,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             ).float()
             noise = torch.randn_like(clean) if noise is None else noise.to(clean)
             shift = self.config.timestep_shift if timestep_shift is None else timestep_shift
-            t = torch.sigmoid(packed_timesteps.float())
-            t = shift * t / (1 + (shift - 1) * t)
+            t = shift_timesteps(torch.sigmoid(packed_timesteps.float()), shift)
             x_t = (1 - t[:, None]) * clean + t[:, None] * noise
             embeds[packed_vae_token_indexes] = self.embed_latent_tokens(x_t, t, packed_latent_position_ids)
             gen_mask[packed_vae_token_indexes] = True

@@ -110,19 +110,155 @@ class RobustU1ImageProcessor(BaseImageProcessor):
         return BatchFeature({"pixel_values": [self.vit_pixel_values(image) for image in images]})
 
 
+IMAGE_PLACEHOLDER = "<|vision_start|><|vision_end|>"
+"""Where an image goes in processor text: BAGEL's image markers with nothing between them (the
+model puts the image's tokens there), so no token has to be added to the vocabulary."""
+
+# BAGEL has no chat roles: a prompt is a run of text pieces (each <|im_start|>…<|im_end|>) and image
+# blocks. The template renders user text as the official demo's prompt (VLMEvalKit MCQ layout, see
+# robust_u1.evaluation.prompts) with the recovery instruction unless `recover=False`; system and
+# assistant texts are pieces as they are. Template variables: options (list or {letter: text}),
+# recover (default true), hint, think (BAGEL's think system prompt first).
+CHAT_TEMPLATE = """
+{%- set recover = recover if recover is defined else true -%}
+{%- set nl = '\n' -%}
+{%- if think is defined and think -%}
+<|im_start|>You should first think about the reasoning process in the mind and then provide the user with the answer. The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> answer here<|im_end|>
+{%- endif -%}
+{%- for message in messages -%}
+  {%- set items = [{'type': 'text', 'text': message['content']}] if message['content'] is string else message['content'] -%}
+  {%- for item in items -%}
+    {%- if item['type'] == 'image' -%}
+<|vision_start|><|vision_end|>
+    {%- elif item['type'] == 'text' and message['role'] != 'user' -%}
+<|im_start|>{{ item['text'] }}<|im_end|>
+    {%- elif item['type'] == 'text' -%}
+<|im_start|>
+      {%- if hint is defined and hint -%}Hint: {{ hint }}{{ nl }}{%- endif -%}
+Question: {{ item['text'] }}{{ nl }}
+      {%- if options is defined and options -%}
+Options:{{ nl }}
+        {%- if options is mapping -%}
+          {%- for letter, option in options.items() -%}{{ letter | string | trim | upper }}. {{ option }}{{ nl }}{%- endfor -%}
+        {%- else -%}
+          {%- for option in options -%}{{ 'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[loop.index0] }}. {{ option }}{{ nl }}{%- endfor -%}
+        {%- endif -%}
+        {%- set instruction = 'Please select the correct answer from the options above.' -%}
+      {%- else -%}
+        {%- set instruction = 'Answer the question using a single word or phrase.' -%}
+      {%- endif -%}
+      {%- if recover -%}
+Please restore this corrupted image to its clean version.{{ nl }}Based on what you observe in the restored image, {{ instruction[:1] | lower }}{{ instruction[1:] }}
+      {%- else -%}
+{{ instruction }}
+      {%- endif -%}
+{{ nl }}<|im_end|>
+    {%- endif -%}
+  {%- endfor -%}
+{%- endfor -%}
+"""
+
+
 class RobustU1Processor(ProcessorMixin):
     """Tokenizer + image transforms of Robust-U1, and the builder of interleaved inputs.
+
+    Inputs are built the transformers way: ``processor.apply_chat_template(messages, options=[...])``
+    renders the official prompt (images as `IMAGE_PLACEHOLDER`), ``processor(text=..., images=...)``
+    turns it into a `BatchFeature`, and ``model.generate(**inputs)`` reads it. The chat template is
+    saved with the processor (``chat_template.jinja``).
 
     Example:
 
     ```python
     >>> processor = RobustU1Processor.from_pretrained("Jiaqi-hkust/Robust-U1")
-    >>> ids = processor.encode_text("Please restore this corrupted image to its clean version.")
+    >>> messages = [{"role": "user", "content": [{"type": "image", "image": corrupted}, {"type": "image", "image": recovered},
+    ...                                          {"type": "text", "text": "What animal is shown?"}]}]
+    >>> inputs = processor.apply_chat_template(messages, options=["dog", "cat"], tokenize=True, return_dict=True)
+    >>> processor.batch_decode(model.generate(**inputs))
     ```
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        super().__init__(image_processor, tokenizer, **kwargs)
+    def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+
+    def __call__(self, images=None, text: str | Sequence[str] | None = None, videos=None, audio=None, **kwargs) -> BatchFeature:
+        """Tokenizes texts with `IMAGE_PLACEHOLDER` markers and transforms their images (ViT side).
+
+        Text between markers that is not already wrapped in ``<|im_start|>…<|im_end|>`` is wrapped as
+        one piece. ``images`` are taken in order of the markers over all texts (a flat list, or one list
+        per text as `apply_chat_template` passes them). Returns ``input_ids`` and ``attention_mask``
+        (padding / ``return_tensors`` as the tokenizer's) and ``pixel_values`` (a list of [3, H, W]
+        tensors, one per image, since sizes differ).
+
+        Example:
+
+        ```python
+        >>> inputs = processor(text=IMAGE_PLACEHOLDER + "What is shown?", images=image)
+        >>> ids = model.generate(**inputs)
+        ```
+        """
+        if videos is not None or audio is not None:
+            raise ValueError("Robust-U1 takes text and images only (no videos or audio).")
+        if text is None:
+            raise ValueError("processor(...) needs text= (with one IMAGE_PLACEHOLDER per image).")
+        texts = [text] if isinstance(text, str) else list(text)
+        flat_images = _flatten_images(images)
+        markers = sum(t.count(IMAGE_PLACEHOLDER) for t in texts)
+        if markers != len(flat_images):
+            raise ValueError(
+                f"The text has {markers} image placeholder(s) ({IMAGE_PLACEHOLDER}) for {len(flat_images)} image(s): "
+                "put one placeholder where each image goes, e.g. with processor.apply_chat_template."
+            )
+        kwargs.setdefault("add_special_tokens", False)  # the pieces carry their own <|im_start|>/<|im_end|>
+        text_inputs = self.tokenizer([_wrap_text_pieces(t) for t in texts], **kwargs)
+        features = BatchFeature(dict(text_inputs))
+        features["pixel_values"] = [self.image_processor.vit_pixel_values(image) for image in flat_images]
+        return features
+
+    def features_to_blocks(self, features) -> list[list[Any]]:
+        """The interleaved understanding blocks of every sequence of a `__call__` output (padding dropped).
+
+        Example:
+
+        ```python
+        >>> blocks = processor.features_to_blocks(processor(text=IMAGE_PLACEHOLDER + "Hi", images=image))
+        ```
+        """
+        from .packing import TextBlock, VitImageBlock
+
+        vocab = self.tokenizer.convert_tokens_to_ids
+        bos, eos, boi, eoi = (vocab(t) for t in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"))
+        rows = features["input_ids"]
+        masks = features.get("attention_mask")
+        rows = rows.tolist() if isinstance(rows, torch.Tensor) else [list(r) for r in rows]
+        if rows and not isinstance(rows[0], list):  # one unbatched sequence
+            rows, masks = [rows], None if masks is None else [masks]
+        masks = masks.tolist() if isinstance(masks, torch.Tensor) else masks
+        images = list(features.get("pixel_values") or [])
+        next_image, batch = 0, []
+        for index, row in enumerate(rows):
+            ids = [int(i) for i, keep in zip(row, masks[index] if masks is not None else [1] * len(row)) if keep]
+            blocks, position = [], 0
+            while position < len(ids):
+                token = ids[position]
+                if token == boi and position + 1 < len(ids) and ids[position + 1] == eoi:
+                    if next_image >= len(images):
+                        raise ValueError("input_ids have more image placeholders than pixel_values has images.")
+                    blocks.append(VitImageBlock(torch.as_tensor(images[next_image])))
+                    next_image, position = next_image + 1, position + 2
+                elif token == bos and eos in ids[position + 1 :]:
+                    end = ids.index(eos, position + 1)
+                    blocks.append(TextBlock(torch.tensor(ids[position + 1 : end], dtype=torch.long)))
+                    position = end + 1
+                else:
+                    raise ValueError(
+                        f"input_ids of sequence {index} have token {token} outside a <|im_start|>…<|im_end|> piece or an image "
+                        "placeholder: build inputs with processor(text=..., images=...) or apply_chat_template."
+                    )
+            batch.append(blocks)
+        if next_image != len(images):
+            raise ValueError(f"pixel_values has {len(images)} images but input_ids have {next_image} image placeholders.")
+        return batch
 
     def encode_text(self, text: str) -> torch.Tensor:
         """Token ids of a text piece without the ``<|im_start|>``/``<|im_end|>`` wrapper the model adds."""
@@ -151,4 +287,19 @@ class RobustU1Processor(ProcessorMixin):
         return self.tokenizer.decode(token_ids, **kwargs)
 
 
-__all__ = ["RobustU1ImageProcessor", "RobustU1Processor", "to_rgb_image"]
+def _flatten_images(images) -> list:
+    if images is None:
+        return []
+    if not isinstance(images, (list, tuple)):
+        return [images]
+    return [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item]) if image is not None]
+
+
+def _wrap_text_pieces(text: str) -> str:
+    """Wraps every text piece between image placeholders that is not wrapped yet (whitespace-only pieces go)."""
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    wrapped = [p if "<|im_start|>" in p else (f"<|im_start|>{p}<|im_end|>" if p.strip() else "") for p in pieces]
+    return IMAGE_PLACEHOLDER.join(wrapped)
+
+
+__all__ = ["CHAT_TEMPLATE", "IMAGE_PLACEHOLDER", "RobustU1ImageProcessor", "RobustU1Processor", "to_rgb_image"]

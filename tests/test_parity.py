@@ -252,3 +252,136 @@ def test_training_masks(golden):
         mask = layout.sequence_mask(i, torch.device("cpu"))
         mask = torch.ones_like(expected) if mask is None else mask
         assert torch.equal(mask, expected), f"attention mask of sample {i}"
+
+
+# -- TaylorSeer (official ``enable_taylorseer=True``; README section "TaylorSeer edit case") ----------
+
+TAYLORSEER_STEP_TYPES = {1: "full", 0: "Taylor"}
+
+
+@pytest.fixture(scope="module")
+def taylorseer_golden(parity_dir):
+    from safetensors.torch import load_file
+
+    path = parity_dir / "taylorseer.safetensors"
+    if not path.exists():
+        pytest.skip(f"{parity_dir} has no taylorseer.safetensors (TaylorSeer reference case)")
+    return load_file(str(path))
+
+
+def taylorseer_settings(golden):
+    from robust_u1.taylorseer import TaylorSeerConfig
+
+    config = TaylorSeerConfig(**{k: int(golden[f"taylorseer/params/{k}"]) for k in ("fresh_threshold", "first_enhance", "max_order")})
+    inputs = EditInputs([golden["taylorseer/vae_pixel_values"]], [golden["taylorseer/vit_pixel_values"]], [golden["taylorseer/prompt_ids"]])
+    return config, inputs
+
+
+def taylorseer_guidance(golden, cfg, parity_dir):
+    import json
+
+    info = parity_dir / "taylorseer.json"  # the renorm type is only recorded there (text_channel in the public set)
+    settings = json.loads(info.read_text())["settings"]["cfg"] if info.exists() else {}
+    scale = lambda name: float(golden[f"taylorseer/params/{name}"]) if cfg == "cfg" else 1.0  # noqa: E731
+    return GuidanceConfig(
+        cfg_text_scale=scale("cfg_text_scale"), cfg_img_scale=scale("cfg_img_scale"),
+        cfg_interval=tuple(golden["taylorseer/params/cfg_interval"].tolist()),
+        cfg_renorm_type=settings.get("cfg_renorm_type", "text_channel"),
+        cfg_renorm_min=float(golden["taylorseer/params/cfg_renorm_min"]),
+    )  # fmt: skip
+
+
+def test_taylorseer_schedule(taylorseer_golden):
+    golden = taylorseer_golden
+    config, _ = taylorseer_settings(golden)
+    steps = golden["taylorseer/step_type"].shape[0]
+    types = [TAYLORSEER_STEP_TYPES[int(s)] for s in golden["taylorseer/step_type"]]
+    assert config.step_types(steps) == types
+    schedule = flow_timesteps(int(golden["taylorseer/params/num_timesteps"]), float(golden["taylorseer/params/timestep_shift"]))
+    assert_close(schedule, golden["taylorseer/schedule_t"], "taylorseer/schedule_t")
+
+
+@pytest.mark.parametrize("mode", ["taylor", "exact"])
+@pytest.mark.parametrize("cfg", ["cfg", "nocfg"])
+@torch.no_grad()
+def test_taylorseer_denoising_loop(parity_model, taylorseer_golden, parity_dir, cfg, mode):
+    """recover(enable_taylorseer=...) reproduces the official run; step by step with every branch's cache."""
+    import json
+
+    from robust_u1.taylorseer import TaylorSeerCache
+
+    model, golden = parity_model, taylorseer_golden
+    prefix = f"taylorseer/{cfg}/{mode}"
+    config, inputs = taylorseer_settings(golden)
+    guidance = taylorseer_guidance(golden, cfg, parity_dir)
+    kwargs = dict(
+        num_inference_steps=int(golden["taylorseer/params/num_timesteps"]),
+        timestep_shift=float(golden["taylorseer/params/timestep_shift"]),
+        cfg_text_scale=guidance.cfg_text_scale, cfg_img_scale=guidance.cfg_img_scale, cfg_interval=guidance.cfg_interval,
+        cfg_renorm_type=guidance.cfg_renorm_type, cfg_renorm_min=guidance.cfg_renorm_min,
+        latents=[golden["taylorseer/init_noise"]], sample_posterior=False, progress=False,
+        enable_taylorseer=mode == "taylor", taylorseer_config=config if mode == "taylor" else None,
+    )  # fmt: skip
+    (latent,) = model.recover(inputs, output_type="latent", **kwargs)
+    assert_close(latent[None], golden[f"{prefix}/final_latent_unpatchified"], f"{prefix}/final_latent_unpatchified")
+    (decoded,) = model.recover(inputs, output_type="pt", **kwargs)
+    assert_close(decoded, (golden[f"{prefix}/decoded_image"][0] * 0.5 + 0.5).clamp(0, 1), f"{prefix}/decoded_image")
+    (image,) = model.recover(inputs, output_type="pil", **kwargs)
+    diff = (torch.from_numpy(np.array(image)).int() - golden[f"{prefix}/decoded_image_uint8"].int()).abs().max()
+    assert diff <= 1, "uint8 images may differ by 1 through the truncating conversion"
+
+    # Step by step. `batched` is the production path (the called branches in one forward); `alone`
+    # runs every branch by itself to read its raw velocity before guidance.
+    contexts = model.build_edit_contexts(inputs, sample_posterior=False)
+    batched = TaylorSeerCache(config) if mode == "taylor" else None
+    alone = TaylorSeerCache(config)
+    schedule = flow_timesteps(kwargs["num_inference_steps"], kwargs["timestep_shift"]).tolist()
+    x = golden["taylorseer/init_noise"]
+    active = golden[f"{prefix}/cfg_active"].tolist()
+    branch_names = [n for n in ("gen", "cfg_text", "cfg_img") if f"{prefix}/branch/{n}/step_type" in golden]
+    for k, (t, t_next) in enumerate(zip(schedule[:-1], schedule[1:])):
+        assert guidance.is_active(t) == bool(active[k])
+        assert_close(x, golden[f"{prefix}/x_t"][k], f"{prefix}/x_t[{k}]")
+        (v,) = model.guided_velocities(contexts, [x], t, guidance, taylorseer=batched)
+        assert_close(v, golden[f"{prefix}/v"][k], f"{prefix}/v[{k}]")
+        if mode == "taylor":
+            called = ["gen"] + (["cfg_text"] + (["cfg_img"] if guidance.uses_image_context else []) if guidance.is_active(t) else [])
+            for name in branch_names:
+                ref = f"{prefix}/branch/{name}"
+                assert (name in called) == (int(golden[f"{ref}/step_type"][k]) != -1), f"{ref} called at step {k}"
+                if name not in called:
+                    continue
+                (v_branch,) = model.predict_velocity(getattr(contexts, name), [x], contexts.grids, t, taylorseer=alone.select([name]))
+                assert_close(v_branch, golden[f"{ref}/v"][k], f"{ref}/v[{k}]")
+                for state in (batched.branches[name], alone.branches[name]):
+                    assert state.last_step_type == TAYLORSEER_STEP_TYPES[int(golden[f"{ref}/step_type"][k])], f"{ref} step {k}"
+                    assert state.last_counter == int(golden[f"{ref}/counter"][k]), f"{ref}/counter[{k}]"
+                    assert state.order == int(golden[f"{ref}/taylor_order"][k]), f"{ref}/taylor_order[{k}]"
+                    assert state.last_x == int(golden[f"{ref}/taylor_x"][k]), f"{ref}/taylor_x[{k}]"
+                    assert_close(state.last_hidden, golden[f"{ref}/h_last"][k], f"{ref}/h_last[{k}]")
+            assert batched.branches["gen"].last_step_type == TAYLORSEER_STEP_TYPES[int(golden["taylorseer/step_type"][k])]
+        x = x - v * (t - t_next)
+    assert_close(x, golden[f"{prefix}/final_latent"], f"{prefix}/final_latent")
+    info = parity_dir / "taylorseer.json"
+    if mode == "taylor" and info.exists():  # decoder-layer passes: one per branch and full call
+        assert batched.decoder_passes == json.loads(info.read_text())["llm_layer_passes"][f"{cfg}/taylor"]
+
+
+@torch.no_grad()
+def test_taylorseer_state_does_not_leak_between_calls(parity_model, taylorseer_golden, parity_dir):
+    """The official code keeps its TaylorSeer state on the model; here every call starts fresh."""
+    golden = taylorseer_golden
+    config, inputs = taylorseer_settings(golden)
+    guidance = taylorseer_guidance(golden, "cfg", parity_dir)
+    kwargs = dict(
+        num_inference_steps=int(golden["taylorseer/params/num_timesteps"]),
+        timestep_shift=float(golden["taylorseer/params/timestep_shift"]),
+        cfg_text_scale=guidance.cfg_text_scale, cfg_img_scale=guidance.cfg_img_scale, cfg_interval=guidance.cfg_interval,
+        cfg_renorm_type=guidance.cfg_renorm_type, cfg_renorm_min=guidance.cfg_renorm_min,
+        latents=[golden["taylorseer/init_noise"]], sample_posterior=False, progress=False, output_type="latent",
+    )  # fmt: skip
+    (first,) = parity_model.recover(inputs, enable_taylorseer=True, taylorseer_config=config, **kwargs)
+    (exact,) = parity_model.recover(inputs, **kwargs)
+    (second,) = parity_model.recover(inputs, enable_taylorseer=True, taylorseer_config=config, **kwargs)
+    assert_close(exact[None], golden["taylorseer/cfg/exact/final_latent_unpatchified"], "taylorseer/cfg/exact/final_latent_unpatchified")
+    assert torch.equal(first, second)

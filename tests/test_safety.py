@@ -229,7 +229,7 @@ def test_nan_gradient_stops_the_standard_trainer_of_stage_three(tmp_path):
         (dict(num_generations=3, per_device_train_batch_size=4), r"per_device_train_batch_size \(4\) counts rollouts and must be a multiple of num_generations \(3\)"),
         (dict(num_iterations=0), r"num_iterations must be an int >= 1, got 0"),
         (dict(num_inference_steps=1), r"num_inference_steps must be an int >= 2, got 1"),
-        (dict(timestep_shift=float("nan")), r"timestep_shift must be a finite number, got nan"),
+        (dict(sampling_shift=float("nan")), r"sampling_shift \(timestep_shift\) must be a finite number, got nan"),
         (dict(beta=-0.1), r"beta must be >= 0.0, got -0.1"),
         (dict(adv_clip_max=0), r"adv_clip_max must be > 0.0, got 0"),
         (dict(sde_type="ode"), r"sde_type must be 'sde' or 'cps', got 'ode'"),

@@ -8,6 +8,7 @@ gradients: clipped policy ratio, plus β·KL to the same model with its LoRA ada
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections import defaultdict
@@ -19,16 +20,11 @@ from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
-from ..flow_grpo_math import (
-    clipped_policy_loss,
-    gaussian_kl,
-    grpo_advantages,
-    sample_sde_window,
-    sde_step_with_logprob,
-)
+from ..configuration_recovery import RecoveryConfig, RecoveryOverrides, resolve_recovery_config
+from ..flow_grpo_math import clipped_policy_loss, gaussian_kl, grpo_advantages
 from ..generation_robust_u1 import EditContexts, EditInputs
 from ..rewards import compute_rewards, reward_name
-from ..sampling import GuidanceConfig, euler_step, flow_timesteps
+from ..sampling import SDEStep, sample_sde_window
 from .flow_matching import _check_finite
 from .utils import (
     ImageBoundsArguments,
@@ -43,14 +39,19 @@ from .utils import (
 logger = logging.get_logger(__name__)
 
 
+# Rollouts use the recovery defaults except for a shorter schedule (flow_grpo's BAGEL template: 16 points).
+ROLLOUT_RECOVERY_DEFAULTS: dict[str, Any] = {"num_inference_steps": 16}
+
+
 @dataclass
-class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
+class FlowGRPOConfig(ImageBoundsArguments, RecoveryOverrides, TrainingArguments):
     r"""
     Configuration of [`FlowGRPOTrainer`] (stage II). TRL's names where the concept is the same.
 
     Parameters:
         num_generations (`int`, defaults to `16`): rollouts G per corrupted image (flow_grpo's BAGEL
-            template). ``per_device_train_batch_size`` counts rollouts and must be a multiple of G.
+            template). ``per_device_train_batch_size`` (default 16: one image's G rollouts) counts
+            rollouts and must be a multiple of G.
         beta (`float`, defaults to `0.0`): KL weight against the model with its adapter disabled
             (flow_grpo's BAGEL template uses 0; > 0 needs a ``peft_config``).
         epsilon (`float`, defaults to `1e-4`): lower clip range of the policy ratio (flow_grpo: 1e-4).
@@ -62,16 +63,19 @@ class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
         adv_clip_max (`float`, defaults to `5.0`): advantages are clipped to ±adv_clip_max (flow_grpo).
         log_completions (`bool`, defaults to `False`): log corrupted / recovered / clean images as a
             table (wandb) every logging step.
-        num_inference_steps (`int`, defaults to `16`): flow schedule points of a rollout (16 → 15
-            denoising steps, flow_grpo's BAGEL template; same meaning as in `recover`).
-        timestep_shift (`float`, defaults to `3.0`): schedule shift (flow_grpo BAGEL / Robust-U1 demo).
+        recovery_config (`RecoveryConfig`, `dict`, `str` or `None`): the sampling settings of the rollouts
+            and of the recomputation in the loss (schedule and guidance), as `recover()` uses them; a
+            path names a ``recovery_config.json`` or a model folder holding one. None: `RecoveryConfig`'s
+            defaults (the Robust-U1 demo's) with ``num_inference_steps=16``
+            (``ROLLOUT_RECOVERY_DEFAULTS``, flow_grpo's BAGEL template: 15 denoising steps).
+        num_inference_steps, sampling_shift, cfg_text_scale, cfg_img_scale, cfg_interval, cfg_renorm_type,
+            cfg_renorm_min (`None` by default): per-field overrides of ``recovery_config`` (what the
+            command line sets); after initialisation they hold the resolved values.
         noise_level (`float`, defaults to `0.7`): SDE noise level a (official Robust-U1 code).
         sde_type (`str`, defaults to `"sde"`): ``"sde"`` (Flow-GRPO) or ``"cps"``.
         sde_window_size (`int`, defaults to `1`): SDE (trained) steps per rollout; official Robust-U1: 1.
-        sde_window_range (`tuple[int, int]`, defaults to `(0, 5)`): where the window may start and end
+        sde_window_range (`list[int]`, defaults to `(0, 5)`): where the window may start and end
             (official Robust-U1: a window of 1 in (0, 5)).
-        cfg_text_scale, cfg_img_scale, cfg_interval, cfg_renorm_type, cfg_renorm_min: guidance used
-            by rollouts and by the recomputation in the loss (Robust-U1 demo defaults).
         sample_posterior (`bool`, defaults to `True`): encode the corrupted image with a posterior
             sample (BAGEL) rather than its mode.
         vae_max_size, vae_min_size, vit_max_size, vit_min_size (`int` or `None`): image size bounds;
@@ -90,19 +94,18 @@ class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
     reward_weights: list[float] | None = field(default=None, metadata={"help": "Weight per reward function."})
     adv_clip_max: float = field(default=5.0, metadata={"help": "Advantage clip."})
     log_completions: bool = field(default=False, metadata={"help": "Log image tables."})
-    num_inference_steps: int = field(default=16, metadata={"help": "Schedule points per rollout."})
-    timestep_shift: float = field(default=3.0, metadata={"help": "Schedule shift."})
+    recovery_config: dict | str | None = field(
+        default=None,
+        metadata={"help": "Rollout sampling settings: a recovery_config.json or a model folder (default: RecoveryConfig, 16 steps)."},
+    )
     noise_level: float = field(default=0.7, metadata={"help": "SDE noise level."})
     sde_type: str = field(default="sde", metadata={"help": "'sde' or 'cps'."})
     sde_window_size: int = field(default=1, metadata={"help": "SDE steps per rollout."})
-    sde_window_range: tuple[int, int] = field(default=(0, 5), metadata={"help": "Range of the SDE window."})
-    cfg_text_scale: float = field(default=4.0, metadata={"help": "Text guidance scale."})
-    cfg_img_scale: float = field(default=2.0, metadata={"help": "Image guidance scale."})
-    cfg_interval: tuple[float, float] = field(default=(0.0, 1.0), metadata={"help": "Guidance interval."})
-    cfg_renorm_type: str = field(default="text_channel", metadata={"help": "Guidance renorm type."})
-    cfg_renorm_min: float = field(default=0.0, metadata={"help": "Guidance renorm lower clamp."})
+    sde_window_range: list[int] = field(default_factory=lambda: (0, 5), metadata={"help": "Range START END of the SDE window."})
     sample_posterior: bool = field(default=True, metadata={"help": "Posterior sample for the VAE encode."})
 
+    # TrainingArguments' 8 is not a multiple of the default G = 16: one image's rollouts per device.
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "Rollouts per device (a multiple of G)."})
     learning_rate: float = field(default=1e-4, metadata={"help": "flow_grpo BAGEL template learning rate."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Rewards see every column."})
     logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
@@ -111,15 +114,21 @@ class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
         super().__post_init__()
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}.")
-        for name, low in (("num_generations", 1), ("num_iterations", 1), ("num_inference_steps", 2), ("sde_window_size", 0)):
+        # The rollouts' sampling settings: the recovery config with the per-field overrides, validated in
+        # one place (RecoveryConfig); the resolved values stay readable as fields (model card, logs).
+        base = RecoveryConfig(**ROLLOUT_RECOVERY_DEFAULTS) if self.recovery_config is None else self.recovery_config
+        overrides = {item.name: getattr(self, item.name) for item in dataclasses.fields(RecoveryOverrides)}
+        self.recovery_config = resolve_recovery_config(base, **overrides)
+        for name, value in dataclasses.asdict(self.recovery_config).items():
+            setattr(self, name, value)
+        for name, low in (("num_generations", 1), ("num_iterations", 1), ("sde_window_size", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
         if self.num_generations < 2:
             logger.warning("num_generations=1: every group-relative advantage is 0, so the policy gets no gradient.")
         for name, low, inclusive in (("beta", 0.0, True), ("epsilon", 0.0, True), ("adv_clip_max", 0.0, False),
-                                     ("timestep_shift", 0.0, False), ("noise_level", 0.0, True),
-                                     ("cfg_text_scale", 0.0, True), ("cfg_img_scale", 0.0, True), ("cfg_renorm_min", 0.0, True)):  # fmt: skip
+                                     ("noise_level", 0.0, True)):  # fmt: skip
             _check_finite(self, name, low, inclusive)
         if self.epsilon_high is not None:
             _check_finite(self, "epsilon_high", 0.0)
@@ -137,7 +146,6 @@ class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
                 f"{self.sde_window_size} steps within the {num_steps} denoising steps of num_inference_steps="
                 f"{self.num_inference_steps}."
             )
-        self.guidance()  # validates cfg_interval and cfg_renorm_type now rather than at the first step
         if self.per_device_train_batch_size % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) counts rollouts and must be a "
@@ -145,11 +153,13 @@ class FlowGRPOConfig(ImageBoundsArguments, TrainingArguments):
             )
         if self.activation_checkpointing_kwargs is None:
             self.activation_checkpointing_kwargs = {"use_reentrant": False}
+        self.sde_window_range = tuple(self.sde_window_range)
 
-    def guidance(self) -> GuidanceConfig:
-        return GuidanceConfig(
-            self.cfg_text_scale, self.cfg_img_scale, tuple(self.cfg_interval), self.cfg_renorm_type, self.cfg_renorm_min
-        )
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        if isinstance(values.get("recovery_config"), RecoveryConfig):
+            values["recovery_config"] = values["recovery_config"].to_dict()
+        return values
 
 
 class RepeatSampler(Sampler):
@@ -223,7 +233,7 @@ class FlowGRPOTrainer(Trainer):
     _stage = "stage II (Flow-GRPO with SSIM and CLIP rewards)"
     _card_hyperparameters = (
         "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps", "num_generations",
-        "beta", "epsilon", "num_iterations", "scale_rewards", "reward_weights", "num_inference_steps", "timestep_shift",
+        "beta", "epsilon", "num_iterations", "scale_rewards", "reward_weights", "num_inference_steps", "sampling_shift",
         "noise_level", "sde_type", "sde_window_size", "sde_window_range", "seed",
     )  # fmt: skip
 
@@ -292,25 +302,14 @@ class FlowGRPOTrainer(Trainer):
         latents = model.encode_edit_latents(inputs, args.sample_posterior, [streams[g * G] for g in range(len(groups))])
         contexts = model.build_edit_contexts(inputs, latents=latents).select(group_of_rollout)
 
-        timesteps = flow_timesteps(args.num_inference_steps, args.timestep_shift).tolist()
-        num_steps = len(timesteps) - 1
+        config = resolve_recovery_config(args.recovery_config)
         window_stream = sample_generator(torch.device("cpu"), args.seed, step, -1)
-        window = list(sample_sde_window(num_steps, args.sde_window_size, tuple(args.sde_window_range), window_stream))
-        guidance = args.guidance()
-        x = [torch.randn(h * w, model.config.patch_latent_dim, generator=g).to(model.device) for (h, w), g in zip(contexts.grids, streams)]
-        samples, next_samples, log_probs = [], [], []
-        for k in range(num_steps):
-            velocities = model.guided_velocities(contexts, x, timesteps[k], guidance)
-            if k in window:
-                noises = [torch.randn(xi.shape, generator=g).to(xi.device) for xi, g in zip(x, streams)]
-                outs = [self._sde_step(v, xi, timesteps, k, noise=n) for v, xi, n in zip(velocities, x, noises)]
-                samples.append(x)
-                x = [out.prev_sample[0] for out in outs]
-                next_samples.append(x)
-                log_probs.append(torch.cat([out.log_prob for out in outs]))
-            else:
-                x = [euler_step(xi, v, timesteps[k], timesteps[k + 1]) for xi, v in zip(x, velocities)]
-        images = model._postprocess_latents(x, contexts.grids, "pil")
+        window = sample_sde_window(config.num_inference_steps - 1, args.sde_window_size, tuple(args.sde_window_range), window_stream)
+        x = model.prepare_latents(contexts.grids, generator=streams)
+        # The rollout: the SDE rule inside the window (noise from each rollout's stream), Euler elsewhere.
+        result = model.denoise(contexts, x, config, step_rule=self._step_rule(), sde_window=window, generator=streams)
+        x = result.latents
+        images = model.postprocess_latents(x, contexts.grids, "pil")
 
         columns = {key: [example.get(key) for example in examples] for key in examples[0]}
         columns.pop("image", None)
@@ -336,8 +335,8 @@ class FlowGRPOTrainer(Trainer):
                 {"corrupted": example["image"], "recovered": image, "clean": example.get("target_image"), "reward": r}
                 for example, image, r in zip(examples, images, weighted.tolist())
             ]
-        return Rollouts(inputs, latents, group_of_rollout, window, timesteps, samples, next_samples,
-                        torch.stack(log_probs) if log_probs else torch.zeros(0, len(examples)), advantages, x)  # fmt: skip
+        return Rollouts(inputs, latents, group_of_rollout, result.window, result.timesteps, result.samples,
+                        result.next_samples, result.log_probs, advantages, x)  # fmt: skip
 
     def _edit_inputs(self, examples) -> EditInputs:
         from ..evaluation.prompts import RECOVERY_PROMPT
@@ -345,25 +344,20 @@ class FlowGRPOTrainer(Trainer):
         prompts = [example.get("prompt") or RECOVERY_PROMPT for example in examples]
         return model_for_calls(self).prepare_edit_inputs([e["image"] for e in examples], prompts, self.processing_class)
 
-    def _sde_step(self, velocity, sample, timesteps, k, noise=None, prev_sample=None):
-        """One rollout's SDE step (batch of one: images of a batch may have different token counts)."""
-        return sde_step_with_logprob(
-            velocity[None], sample[None], timesteps[k], timesteps[k + 1], noise_level=self.args.noise_level,
-            sde_type=self.args.sde_type, sigma_max=timesteps[1],
-            noise=None if noise is None else noise[None], prev_sample=None if prev_sample is None else prev_sample[None],
-        )  # fmt: skip
+    def _step_rule(self) -> SDEStep:
+        return SDEStep(noise_level=self.args.noise_level, sde_type=self.args.sde_type)
 
     # -- the loss ----------------------------------------------------------------------------
 
     def _window_means(self, contexts: EditContexts, rollouts: Rollouts, j: int):
         """Recomputed SDE log-probs (and means, stds) of window step j for every rollout."""
-        k = rollouts.window[j]
-        velocities = model_for_calls(self).guided_velocities(contexts, rollouts.samples[j], rollouts.timesteps[k], self.args.guidance())
-        outs = [
-            self._sde_step(v, x, rollouts.timesteps, k, prev_sample=x_next)
+        k, timesteps, rule = rollouts.window[j], rollouts.timesteps, self._step_rule()
+        config = resolve_recovery_config(self.args.recovery_config)
+        velocities = model_for_calls(self).guided_velocities(contexts, rollouts.samples[j], timesteps[k], config)
+        return [
+            rule.step(v[None], x[None], timesteps[k], timesteps[k + 1], t_max=timesteps[1], prev_sample=x_next[None])
             for v, x, x_next in zip(velocities, rollouts.samples[j], rollouts.next_samples[j])
         ]
-        return outs
 
     def _contexts(self, rollouts: Rollouts) -> EditContexts:
         model = model_for_calls(self)

@@ -26,8 +26,9 @@ GENERATION_PARAMETER_MARKERS = ("_moe_gen", "time_embedder.", "vae2llm.", "llm2v
 GENERATION_LORA_TARGETS = r".*\.(q_proj_moe_gen|k_proj_moe_gen|v_proj_moe_gen|o_proj_moe_gen|mlp_moe_gen\.(gate_proj|up_proj|down_proj))"
 
 
-# Methods the trainers call besides forward; FSDP2 must gather parameters around them too.
-FSDP_FORWARD_METHODS = ("encode_images", "encode_edit_latents", "build_edit_contexts", "guided_velocities", "_postprocess_latents")
+# Public methods the trainers call besides forward that use parameters; FSDP2 must gather them around
+# these. `denoise` is not listed: it only calls `guided_velocities` (gathered per step) and the step rules.
+FSDP_FORWARD_METHODS = ("encode_images", "encode_edit_latents", "build_edit_contexts", "guided_velocities", "postprocess_latents")
 
 
 @dataclass

@@ -1,0 +1,43 @@
+"""An interactive demo of Robust-U1, like the official app: ``robust-u1 demo`` (``pip install "robust-u1[demo]"``).
+
+Upload an image (or pick an example), optionally corrupt it first, ask a multiple-choice question:
+the recovered image is shown while it is being denoised, the reasoning streams token by token, and
+the answer can be compared with the baseline from the corrupted image alone. The advanced controls
+are `recover()` / `answer()`'s arguments with their defaults.
+
+Gradio is imported only when the app is built (`build_demo`, `launch_demo`); `stream_demo` is the
+same run without a UI.
+
+Example:
+
+```python
+>>> from robust_u1.demo import build_demo
+>>> from robust_u1.tinyworld import load_tinyworld
+>>> build_demo(*load_tinyworld()).launch()
+```
+"""
+
+from importlib import import_module
+from typing import Any
+
+_LAZY_ATTRIBUTES = {
+    "build_demo": ".app",
+    "launch_demo": ".app",
+    "TINYWORLD_EXAMPLES": ".app",
+    "DEMO_CSS": ".app",
+    "DemoRequest": ".inference",
+    "DemoState": ".inference",
+    "DemoInputError": ".inference",
+    "stream_demo": ".inference",
+    "check_request": ".inference",
+    "parse_options": ".inference",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(import_module(_LAZY_ATTRIBUTES[name], __name__), name)
+    raise AttributeError(f"module 'robust_u1.demo' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY_ATTRIBUTES)
