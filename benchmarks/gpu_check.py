@@ -47,7 +47,7 @@ def sync(device) -> None:
 
 
 def bagel_width_config(layers: int, vit_layers: int, small: bool):
-    """BAGEL-7B-MoT's shapes (DESIGN.md §1) with ``layers`` decoder layers; ``small``: toy widths for --smoke-cpu."""
+    """BAGEL-7B-MoT's shapes (its llm_config.json and vit_config.json: Qwen2.5-7B, SigLIP so400m) with ``layers`` decoder layers; ``small``: toy widths for --smoke-cpu."""
     from robust_u1 import RobustU1Config
 
     if small:

@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        # BAGEL's fine-tuning optimiser (DESIGN.md §3).
+        # BAGEL's optimiser (TrainingArguments of train/pretrain_unified_navit.py, ByteDance-Seed/Bagel:
+        # AdamW β2 0.95, eps 1e-15, grad clip 1.0).
         adam_beta2=0.95,
         adam_epsilon=1e-15,
         max_grad_norm=1.0,

@@ -44,12 +44,9 @@ class PackedAttentionLayout:
         cache_lens: cached tokens of each sequence (all zero without a cache).
 
     Example:
-
-    ```python
-    >>> layout = PackedAttentionLayout.single_split([6, 3], ["full", "causal"], cache_lens=[20, 8])
-    >>> layout.query_lens
-    [6, 3]
-    ```
+        >>> layout = PackedAttentionLayout.single_split([6, 3], ["full", "causal"], cache_lens=[20, 8])
+        >>> layout.query_lens
+        [6, 3]
     """
 
     split_lens: list[int]
@@ -203,12 +200,19 @@ def _compiled_flex_attention():
 
 
 def resolve_attention_backend(backend: str, device: torch.device, has_cache: bool) -> str:
-    """``auto`` → FlexAttention for cache-free CUDA batches (training), SDPA otherwise."""
+    """The kernel of one attention call: ``"sdpa"`` or ``"flex"``.
+
+    ``auto`` → FlexAttention for cache-free CUDA batches (training), SDPA otherwise; ``flex`` →
+    FlexAttention for cache-free batches, SDPA for calls with a KV cache (the FlexAttention path does
+    not read a cache); ``sdpa`` → SDPA.
+
+    Example:
+        >>> resolve_attention_backend("flex", torch.device("cpu"), has_cache=True)
+        'sdpa'
+    """
     if backend not in ("auto", "sdpa", "flex"):
         raise ValueError(f"attention_backend must be 'auto', 'sdpa' or 'flex', got {backend!r}.")
     if backend == "auto":
         return "flex" if device.type == "cuda" and not has_cache else "sdpa"
-    if backend == "flex" and has_cache:
-        raise ValueError("The 'flex' attention backend serves cache-free (training) batches; use 'sdpa' with a cache.")
-    return backend
+    return "sdpa" if has_cache else backend
 

@@ -16,6 +16,11 @@ transformers' `HfArgumentParser` (``--num-inference-steps`` / ``--steps``, ``--s
 ``--timestep-shift``, ``--cfg-text-scale``, ``--cfg-img-scale``, ``--cfg-interval LOW HIGH``,
 ``--cfg-renorm-type``, ``--cfg-renorm-min``); a flag left out keeps the model's ``recovery_config``.
 They are checked before the model is loaded.
+
+Start-up: this module imports only the standard library at the top; building the parser adds
+transformers' lightweight `HfArgumentParser` (no torch), and `main` checks the input files before any
+command imports torch, so ``--help``, a bad option or a mistyped file name answer at once
+(``benchmarks/bench_import.py`` times it).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 BUNDLED_MODEL = "tinyworld"
 
@@ -53,6 +59,7 @@ def _placement(args: argparse.Namespace) -> dict:
 def _load(model_name: str, dtype: str | None, placement: dict | None = None):
     import torch
 
+    from . import _registration  # noqa: F401  (deferred in the CLI process, see `_MODEL_FREE_COMMANDS`)
     from .modeling_robust_u1 import RobustU1ForConditionalGeneration
 
     if model_name == BUNDLED_MODEL:
@@ -307,7 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .configuration_recovery import RecoveryOverrides
 
-    parser = HfArgumentParser(
+    class _Parser(_OneLineErrors, HfArgumentParser):
+        pass
+
+    parser = _Parser(
         prog="robust-u1", description="Robust-U1: recover corrupted images, then answer.", formatter_class=argparse.HelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -389,16 +399,55 @@ def build_parser() -> argparse.ArgumentParser:
     _add_placement_arguments(demo)
     demo.set_defaults(func=run_demo)
 
-    from .corruptions.cli import add_build_dataset_parser, add_corrupt_parser
+    from .corruptions.cli import add_corrupt_parser
+    from .data.cli import add_build_dataset_parser
 
     add_corrupt_parser(commands)
     add_build_dataset_parser(commands)
     return parser
 
 
+class _OneLineErrors:
+    """Mixed into the parser: a usage error is one stderr line (exit code 2) that points to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# Local inputs that must exist, per command: checked before a command imports torch (seconds).
+# (`convert` and `--model` also take Hub ids, `eval --source` too.)
+_INPUT_PATHS: dict[str, tuple[str, ...]] = {
+    "recover": ("input",),
+    "ask": ("image",),
+    "push": ("folder", "results"),
+    "corrupt": ("input",),
+    "build-dataset": ("source",),
+}
+
+
+# `robust_u1._started_as_cli` defers registering the model (it imports torch and transformers); `main`
+# registers it before every command but these, which never load a model (`eval` loads it in `_load`, only
+# when an answer is not cached yet).
+_MODEL_FREE_COMMANDS = ("corrupt", "build-dataset", "push", "eval")
+
+
+def _missing_input(args: argparse.Namespace) -> str | None:
+    for name in _INPUT_PATHS.get(args.command, ()):
+        path = getattr(args, name, None)
+        if path is not None and not Path(path).exists():
+            return f"{name.replace('_', ' ')} not found: {path} (check the path)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = _missing_input(args)
+    if missing:
+        print(f"robust-u1 {args.command}: error: {missing}", file=sys.stderr)
+        return 2
     try:
+        if args.command not in _MODEL_FREE_COMMANDS:
+            from . import _registration  # noqa: F401  (Auto classes and the robust-vqa pipeline)
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, OSError) as error:
         print(f"robust-u1 {args.command}: error: {error}", file=sys.stderr)

@@ -38,14 +38,11 @@ class PackedBatchBuilder:
     forward reads (ViT patches, VAE pixels, their 2-D position ids) and checks the length budgets.
 
     Example:
-
-    ```python
-    >>> builder = PackedBatchBuilder.from_config(model.config)
-    >>> batch = builder([[VaeImageBlock(pixel_values=vae_c), VitImageBlock(vit_c), TextBlock(prompt_ids),
-    ...                   VaeImageBlock(pixel_values=vae_o, noisy=True)]])
-    >>> sorted(batch)[:3]
-    ['attn_modes', 'ce_loss_indexes', 'mse_loss_indexes']
-    ```
+        >>> builder = PackedBatchBuilder.from_config(model.config)
+        >>> batch = builder([[VaeImageBlock(pixel_values=vae_c), VitImageBlock(vit_c), TextBlock(prompt_ids),
+        ...                   VaeImageBlock(pixel_values=vae_o, noisy=True)]])
+        >>> sorted(batch)[:3]
+        ['attn_modes', 'ce_loss_indexes', 'mse_loss_indexes']
     """
 
     planner: TokenLayoutPlanner
@@ -123,15 +120,12 @@ class RecoveryCollator:
     packed [VAE(I_c) clean, ViT(I_c), text(P_rec, no loss), VAE(I_o) noisy] samples.
 
     Example:
-
-    ```python
-    >>> collator = RecoveryCollator(processor, model.config)
-    >>> batch = collator([{"image": corrupted, "target_image": clean}])
-    ```
+        >>> collator = RecoveryCollator(processor, model.config)
+        >>> batch = collator([{"image": corrupted, "target_image": clean}])
     """
 
     def __init__(self, processor, config, prompt: str | None = None, max_tokens_per_batch: int | None = None):
-        from .evaluation.prompts import RECOVERY_PROMPT
+        from .prompting import RECOVERY_PROMPT
 
         self.processor = processor
         self.prompt = prompt or RECOVERY_PROMPT

@@ -61,14 +61,11 @@ class GuidanceConfig:
         cfg_renorm_min: lower clamp of the renormalisation factor, in [0, 1] (1 disables renormalisation).
 
     Example:
-
-    ```python
-    >>> GuidanceConfig(cfg_text_scale=4.0).is_active(0.5)
-    True
-    >>> GuidanceConfig(cfg_text_scale=float("nan"))
-    Traceback (most recent call last):
-    ValueError: cfg_text_scale must be a finite number, got nan.
-    ```
+        >>> GuidanceConfig(cfg_text_scale=4.0).is_active(0.5)
+        True
+        >>> GuidanceConfig(cfg_text_scale=float("nan"))
+        Traceback (most recent call last):
+        ValueError: cfg_text_scale must be a finite number, got nan.
     """
 
     cfg_text_scale: float = field(default=4.0, metadata={"help": "Text guidance scale (<= 1 disables guidance)."})
@@ -128,14 +125,11 @@ class RecoveryConfig(GuidanceConfig):
     ``model.recovery_config`` by `from_pretrained`; `recover()` keyword arguments override it per call.
 
     Example:
-
-    ```python
-    >>> config = RecoveryConfig(num_inference_steps=30)
-    >>> config.replace(cfg_text_scale=3.0).cfg_text_scale
-    3.0
-    >>> model.recovery_config = config            # the defaults of model.recover()
-    >>> model.save_pretrained("my-model")         # writes my-model/recovery_config.json too
-    ```
+        >>> config = RecoveryConfig(num_inference_steps=30)
+        >>> config.replace(cfg_text_scale=3.0).cfg_text_scale
+        3.0
+        >>> model.recovery_config = config            # the defaults of model.recover()
+        >>> model.save_pretrained("my-model")         # writes my-model/recovery_config.json too
     """
 
     num_inference_steps: int = field(
@@ -246,11 +240,8 @@ def resolve_recovery_config(base: RecoveryConfig | dict | str | os.PathLike | No
     ``overrides`` applied, validated.
 
     Example:
-
-    ```python
-    >>> resolve_recovery_config({"num_inference_steps": 30}, cfg_text_scale=3.0, cfg_img_scale=None).cfg_text_scale
-    3.0
-    ```
+        >>> resolve_recovery_config({"num_inference_steps": 30}, cfg_text_scale=3.0, cfg_img_scale=None).cfg_text_scale
+        3.0
     """
     if base is None:
         base = RecoveryConfig()
@@ -283,13 +274,10 @@ RecoveryOverrides.__module__ = __name__
 RecoveryOverrides.__doc__ = """Every `RecoveryConfig` field as an optional override (None: keep the recovery config's value).
 
 Example:
-
-```python
->>> from transformers import HfArgumentParser
->>> (overrides,) = HfArgumentParser(RecoveryOverrides).parse_args_into_dataclasses(["--steps", "30"])
->>> resolve_recovery_config(None, **dataclasses.asdict(overrides)).num_inference_steps
-30
-```
+    >>> from transformers import HfArgumentParser
+    >>> (overrides,) = HfArgumentParser(RecoveryOverrides).parse_args_into_dataclasses(["--steps", "30"])
+    >>> resolve_recovery_config(None, **dataclasses.asdict(overrides)).num_inference_steps
+    30
 """
 
 

@@ -8,7 +8,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-# BAGEL-7B-MoT: Qwen2.5-7B with a generation expert in every layer (DESIGN.md §1).
+# BAGEL-7B-MoT: Qwen2.5-7B with a generation expert in every layer (``llm_config.json`` of
+# ByteDance-Seed/BAGEL-7B-MoT, plus the qk_norm / untied embeddings that BAGEL's ``app.py`` sets in code).
 BAGEL_7B_TEXT_CONFIG: dict[str, Any] = {
     "vocab_size": 152064,
     "hidden_size": 3584,
@@ -35,7 +36,8 @@ BAGEL_7B_VISION_CONFIG: dict[str, Any] = {
     "layer_norm_eps": 1e-6,
 }
 
-# FLUX autoencoder in diffusers' AutoencoderKL form (DESIGN.md §1, "VAE").
+# The FLUX.1 autoencoder (``ae.safetensors``; BAGEL's ``modeling/autoencoder.py``) in diffusers'
+# AutoencoderKL form: 16 latent channels, no quant convs, scale 0.3611 / shift 0.1159.
 FLUX_VAE_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
@@ -75,13 +77,10 @@ class RobustU1Config(PreTrainedConfig):
             `<|im_start|>`, `<|im_end|>`, `<|vision_start|>`, `<|vision_end|>` ids.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import RobustU1Config, RobustU1ForConditionalGeneration
-    >>> config = RobustU1Config()  # BAGEL-7B-MoT shapes
-    >>> config.text_config.hidden_size
-    3584
-    ```
+        >>> from robust_u1 import RobustU1Config, RobustU1ForConditionalGeneration
+        >>> config = RobustU1Config()  # BAGEL-7B-MoT shapes
+        >>> config.text_config.hidden_size
+        3584
     """
 
     model_type = "robust_u1"

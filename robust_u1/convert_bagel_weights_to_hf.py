@@ -44,10 +44,7 @@ def convert_bagel_checkpoint(
     """Writes the Hugging Face layout (model, config and, when tokenizer files exist, the processor).
 
     Example:
-
-    ```python
-    >>> convert_bagel_checkpoint("BAGEL-7B-MoT", "bagel-7b-hf", dtype="bfloat16")
-    ```
+        >>> convert_bagel_checkpoint("BAGEL-7B-MoT", "bagel-7b-hf", dtype="bfloat16")
     """
     from .modeling_robust_u1 import RobustU1ForConditionalGeneration
 

@@ -97,8 +97,7 @@ def grpo_advantages(
     flow_grpo's ``np.std``), not TRL's unbiased one. NaN and ±inf rewards (unscorable samples) are left out
     of every mean and std and get advantage 0, so they contribute no gradient. ``clip=None`` disables clipping.
 
-    Example::
-
+    Example:
         >>> grpo_advantages(torch.tensor([1.0, 3.0, 0.0, float("nan")]), num_generations=2)
         tensor([-0.9999,  0.9999,  0.0000,  0.0000])
     """
@@ -147,8 +146,7 @@ def clipped_policy_loss(
     ``clipfrac``), ``approx_kl`` (``0.5 * mean((logp - logp_old)^2)``, as flow_grpo logs), ``ratio_mean``,
     ``ratio_min``, ``ratio_max``.
 
-    Example::
-
+    Example:
         >>> logp = torch.zeros(3, requires_grad=True)
         >>> loss, stats = clipped_policy_loss(logp, torch.zeros(3), torch.tensor([1.0, -1.0, 3.0]))
         >>> loss.item(), stats["ratio_mean"].item()
@@ -182,8 +180,7 @@ def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std_dev_t: torch.Ten
     ``sqrt(-dt)`` factor, exactly as flow_grpo). Take ``.mean()`` for the batch loss. ``std_dev_t`` must be
     positive: deterministic (noise-free) steps have no KL and must not be passed.
 
-    Example::
-
+    Example:
         >>> gaussian_kl(torch.ones(2, 4), torch.zeros(2, 4), torch.tensor(0.5))
         tensor([2., 2.])
     """

@@ -19,10 +19,9 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from .evaluation.options import extract_option, final_answer_text, strip_reasoning
-from .evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt, check_options
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .configuration_recovery import GuidanceConfig, RecoveryConfig, resolve_recovery_config
+from .prompting import RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, build_question_prompt, check_options, parse_reply
 from .sampling import EulerStep, StepRule, flow_timesteps, guided_velocity
 from .taylorseer import TaylorSeerCache, TaylorSeerConfig
 
@@ -58,14 +57,6 @@ class EditInputs:
     vae_pixel_values: list[torch.Tensor]
     vit_pixel_values: list[torch.Tensor]
     prompt_ids: list[torch.Tensor]
-
-
-# BAGEL's think-mode system prompt (official inferencer).
-THINK_SYSTEM_PROMPT = (
-    "You should first think about the reasoning process in the mind and then provide the user with the answer. "
-    "The reasoning process is enclosed within <think> </think> tags, i.e. <think> reasoning process here </think> "
-    "answer here"
-)
 
 
 @dataclass
@@ -293,13 +284,10 @@ class RobustU1GenerationMixin:
             the number of steps run and whether the callback stopped the loop.
 
         Example:
-
-        ```python
-        >>> contexts = model.build_edit_contexts(model.prepare_edit_inputs([image]))
-        >>> noise = model.prepare_latents(contexts.grids, generator=torch.Generator().manual_seed(0))
-        >>> out = model.denoise(contexts, noise, RecoveryConfig(num_inference_steps=30))
-        >>> image = model.postprocess_latents(out.latents, contexts.grids, "pil")[0]
-        ```
+            >>> contexts = model.build_edit_contexts(model.prepare_edit_inputs([image]))
+            >>> noise = model.prepare_latents(contexts.grids, generator=torch.Generator().manual_seed(0))
+            >>> out = model.denoise(contexts, noise, RecoveryConfig(num_inference_steps=30))
+            >>> image = model.postprocess_latents(out.latents, contexts.grids, "pil")[0]
         """
         config.validate()
         step_rule = EulerStep() if step_rule is None else step_rule
@@ -366,10 +354,7 @@ class RobustU1GenerationMixin:
         otherwise they are drawn from ``generator`` (one, or one per image) on its device.
 
         Example:
-
-        ```python
-        >>> noise = model.prepare_latents([(4, 4)], generator=torch.Generator().manual_seed(0))
-        ```
+            >>> noise = model.prepare_latents([(4, 4)], generator=torch.Generator().manual_seed(0))
         """
         dim = self.config.patch_latent_dim
         _check_generator(generator, len(grids))
@@ -393,10 +378,7 @@ class RobustU1GenerationMixin:
         ``latent`` (scaled latents [C, h, w]); one VAE decode per image size.
 
         Example:
-
-        ```python
-        >>> images = model.postprocess_latents(out.latents, contexts.grids, "pil")
-        ```
+            >>> images = model.postprocess_latents(out.latents, contexts.grids, "pil")
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -429,12 +411,9 @@ class RobustU1GenerationMixin:
         as the final decode; a UI that finds it too slow previews every few steps.
 
         Example:
-
-        ```python
-        >>> def show(model, step, t, kwargs):
-        ...     previews.append(model.preview_latents(kwargs["denoised"], kwargs["grids"])[0])
-        >>> model.recover(image, callback_on_step_end=show, callback_on_step_end_tensor_inputs=["denoised", "grids"])
-        ```
+            >>> def show(model, step, t, kwargs):
+            ...     previews.append(model.preview_latents(kwargs["denoised"], kwargs["grids"])[0])
+            >>> model.recover(image, callback_on_step_end=show, callback_on_step_end_tensor_inputs=["denoised", "grids"])
         """
         return self.postprocess_latents(latents, grids, output_type)
 
@@ -479,10 +458,7 @@ class RobustU1GenerationMixin:
         context [VAE(I_c), ViT(I_c), prompt] and the noisy latent query that attends to it.
 
         Example:
-
-        ```python
-        >>> model.check_edit_lengths(model.prepare_edit_inputs([image], processor=processor))
-        ```
+            >>> model.check_edit_lengths(model.prepare_edit_inputs([image], processor=processor))
         """
         lengths = [
             self.sequence_length(
@@ -571,12 +547,9 @@ class RobustU1GenerationMixin:
             One recovered image for one input image, else a list.
 
         Example:
-
-        ```python
-        >>> from PIL import Image
-        >>> restored = model.recover(Image.open("corrupted.png"), num_inference_steps=50)
-        >>> restored.save("restored.png")
-        ```
+            >>> from PIL import Image
+            >>> restored = model.recover(Image.open("corrupted.png"), num_inference_steps=50)
+            >>> restored.save("restored.png")
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -652,13 +625,10 @@ class RobustU1GenerationMixin:
             ``<|im_end|>`` and right-padded with it. Decode with ``processor.batch_decode``.
 
         Example:
-
-        ```python
-        >>> ids = model.generate([image, "What is in this picture?"], processor=processor, max_new_tokens=64)
-        >>> processor.batch_decode(ids)[0]
-        >>> from transformers import TextStreamer
-        >>> model.generate([image, "What is in this picture?"], streamer=TextStreamer(processor.tokenizer, skip_prompt=True))
-        ```
+            >>> ids = model.generate([image, "What is in this picture?"], processor=processor, max_new_tokens=64)
+            >>> processor.batch_decode(ids)[0]
+            >>> from transformers import TextStreamer
+            >>> model.generate([image, "What is in this picture?"], streamer=TextStreamer(processor.tokenizer, skip_prompt=True))
         """
         processor = processor or self.processor
         feature_keys = {"input_ids", "attention_mask", "pixel_values"}
@@ -762,12 +732,9 @@ class RobustU1GenerationMixin:
         the full text to use (benchmarks with their own prompts, e.g. R-Bench).
 
         Example:
-
-        ```python
-        >>> result = model.answer(corrupted, "What animal is shown?", options=["dog", "cat"])
-        >>> result.option, result.answer
-        ('B', 'B')
-        ```
+            >>> result = model.answer(corrupted, "What animal is shown?", options=["dog", "cat"])
+            >>> result.option, result.answer
+            ('B', 'B')
         """
         processor = processor or self.processor
         if processor is None:
@@ -782,7 +749,7 @@ class RobustU1GenerationMixin:
         )  # fmt: skip
         image = _as_image_input(image)
         if prompt is None:
-            prompt = build_mcq_prompt(question, options, recover=recover) if options else build_open_prompt(question, recover=recover)
+            prompt = build_question_prompt(question, options, recover=recover)
         # The answer's sequence is known before the (expensive) recovery: check its length first.
         length = self.sequence_length(self._as_blocks([image, prompt], processor, think))
         if recover:
@@ -800,12 +767,11 @@ class RobustU1GenerationMixin:
             temperature=temperature, think=think, **generate_kwargs,
         )  # fmt: skip
         raw = processor.decode(ids[0])
-        reasoning = raw.split("<think>", 1)[1].split("</think>", 1)[0].strip() if "<think>" in raw else None
-        text = final_answer_text(strip_reasoning(raw)).strip()
+        reasoning, text = parse_reply(raw)
         return RobustAnswer(
             answer=text,
             reasoning=reasoning,
-            option=extract_option(raw, options) if options else None,
+            option=_extract_option(raw, options) if options else None,
             recovered_image=recovered if return_recovered else None,
             raw_text=raw,
         )
@@ -817,11 +783,8 @@ class RobustU1GenerationMixin:
         over [I_c, I_r, prompt], the other modes answer over [image, prompt].
 
         Example:
-
-        ```python
-        >>> from robust_u1.evaluation import evaluate_benchmark, load_mcq_benchmark
-        >>> results = evaluate_benchmark(load_mcq_benchmark("MMStar"), model.as_answerer(max_new_tokens=64))
-        ```
+            >>> from robust_u1.evaluation import evaluate_benchmark, load_mcq_benchmark
+            >>> results = evaluate_benchmark(load_mcq_benchmark("MMStar"), model.as_answerer(max_new_tokens=64))
         """
 
         def answer_fn(image, prompt: str, options, mode: str) -> dict[str, Any]:
@@ -869,3 +832,12 @@ def _as_image_input(image):
 def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
     """A [3, H, W] image in [-1, 1] → uint8 HWC with the official conversion, which truncates."""
     return ((tensor * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _extract_option(reply: str, options: Sequence[str] | dict[str, str]) -> str | None:
+    # The VLMEvalKit option-letter rules are the benchmark scorer's (`robust_u1.evaluation.options`,
+    # standard library only); `answer` reports the same letter the scorer would count. Imported at call
+    # time: the only place the model reaches into the evaluation package.
+    from .evaluation.options import extract_option
+
+    return extract_option(reply, options)

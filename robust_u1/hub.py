@@ -54,11 +54,8 @@ def push_artifact(
     """Uploads a saved model / adapter / processor folder, with its card and optional eval results.
 
     Example:
-
-    ```python
-    >>> from robust_u1.evaluation import read_json
-    >>> push_artifact("robust-u1-rl", "me/robust-u1-rl", results=read_json("reports/results.json"))
-    ```
+        >>> from robust_u1.evaluation import read_json
+        >>> push_artifact("robust-u1-rl", "me/robust-u1-rl", results=read_json("reports/results.json"))
     """
     folder = Path(folder)
     kind = artifact_kind(folder)

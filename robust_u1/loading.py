@@ -32,7 +32,9 @@ OFFICIAL_WEIGHT_FILES = ("ema.safetensors", "model.safetensors", "model_bf16.saf
 OFFICIAL_CONFIG_FILES = ("llm_config.json", "vit_config.json")
 OFFICIAL_VAE_FILE = "ae.safetensors"
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-# Settings the official loaders pass in code rather than in the config files (DESIGN.md §1).
+# Settings the official loaders pass in code rather than in the config files (BAGEL's ``app.py`` and
+# ``inference.ipynb``: ``BagelConfig(latent_patch_size=2, max_latent_size=64, vit_max_num_patch_per_side=70,
+# connector_act="gelu_pytorch_tanh")``, ``llm_config.qk_norm = True``, ``vit_config.num_hidden_layers -= 1``).
 OFFICIAL_CODE_DEFAULTS: dict[str, Any] = {
     "latent_patch_size": 2,
     "max_latent_size": 64,
@@ -79,11 +81,8 @@ def locate_checkpoint(name_or_path: str | os.PathLike, **hub_kwargs) -> Checkpoi
     cached, or a local path that does not exist, is a one-line `OSError` naming it.
 
     Example:
-
-    ```python
-    >>> locate_checkpoint("ByteDance-Seed/BAGEL-7B-MoT")  # with HF_HUB_OFFLINE=1 and a cached copy
-    CheckpointLocation(layout='official', folder=PosixPath('~/.cache/huggingface/hub/models--ByteDance-Seed--BAGEL-7B-MoT/snapshots/…'))
-    ```
+        >>> locate_checkpoint("ByteDance-Seed/BAGEL-7B-MoT")  # with HF_HUB_OFFLINE=1 and a cached copy
+        CheckpointLocation(layout='official', folder=PosixPath('~/.cache/huggingface/hub/models--ByteDance-Seed--BAGEL-7B-MoT/snapshots/…'))
     """
     hub_kwargs = {k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS}
     text = str(name_or_path)
@@ -357,10 +356,7 @@ def load_official_checkpoint(
     held twice; the model is then dispatched with accelerate when the map has several places.
 
     Example:
-
-    ```python
-    >>> model = load_official_checkpoint("BAGEL-7B-MoT", RobustU1ForConditionalGeneration, dtype="bfloat16", device_map="auto")
-    ```
+        >>> model = load_official_checkpoint("BAGEL-7B-MoT", RobustU1ForConditionalGeneration, dtype="bfloat16", device_map="auto")
     """
     from accelerate.utils import offload_weight, save_offload_index, set_module_tensor_to_device
     from safetensors import safe_open
@@ -496,11 +492,8 @@ def plan_device_map(
     their outputs are added together or indexed by the same routing.
 
     Example:
-
-    ```python
-    >>> plan_device_map(model, "auto", max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"})
-    {'language_model.model.embed_tokens': 0, ..., 'language_model.model.layers.27': 1, 'vae.decoder': 1}
-    ```
+        >>> plan_device_map(model, "auto", max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"})
+        {'language_model.model.embed_tokens': 0, ..., 'language_model.model.layers.27': 1, 'vae.decoder': 1}
     """
     units = device_map_units(model)
     if isinstance(device_map, (int, torch.device)) or (isinstance(device_map, str) and device_map not in AUTO_DEVICE_MAPS):
@@ -564,10 +557,7 @@ def quantization_config_for(mode: str, compute_dtype: torch.dtype | None = None)
     app's modes) or ``int8-torchao`` (torchao int8 weight-only); a missing package is one clear line.
 
     Example:
-
-    ```python
-    >>> model = RobustU1ForConditionalGeneration.from_pretrained(path, quantization_config=quantization_config_for("nf4"))
-    ```
+        >>> model = RobustU1ForConditionalGeneration.from_pretrained(path, quantization_config=quantization_config_for("nf4"))
     """
     import importlib.util
 
@@ -604,11 +594,8 @@ def parse_max_memory(text: str) -> dict:
     """``"0=20GiB,1=20GiB,cpu=64GiB"`` → ``{0: "20GiB", 1: "20GiB", "cpu": "64GiB"}`` (the CLI's ``--max-memory``).
 
     Example:
-
-    ```python
-    >>> parse_max_memory("0=20GiB,cpu=64GiB")
-    {0: '20GiB', 'cpu': '64GiB'}
-    ```
+        >>> parse_max_memory("0=20GiB,cpu=64GiB")
+        {0: '20GiB', 'cpu': '64GiB'}
     """
     from accelerate.utils import convert_file_size_to_int
 
@@ -631,11 +618,8 @@ def module_execution_device(module: torch.nn.Module) -> torch.device | None:
     """Where ``module`` computes: accelerate's hook device when dispatched, else its first tensor's device.
 
     Example:
-
-    ```python
-    >>> module_execution_device(model.language_model.model.layers[27])  # offloaded to disk, run on GPU 0
-    device(type='cuda', index=0)
-    ```
+        >>> module_execution_device(model.language_model.model.layers[27])  # offloaded to disk, run on GPU 0
+        device(type='cuda', index=0)
     """
     hook = getattr(module, "_hf_hook", None)
     device = getattr(hook, "execution_device", None)

@@ -25,12 +25,9 @@ How each figure is derived (also in the README):
 The CUDA context (≈0.5 GiB) and the allocator's fragmentation come on top.
 
 Example:
-
-```python
->>> from robust_u1.memory import estimate_memory
->>> estimate = estimate_memory("ByteDance-Seed/BAGEL-7B-MoT", image_size=1024, quantize="nf4")
->>> print(estimate.total / 2**30)
-```
+    >>> from robust_u1.memory import estimate_memory
+    >>> estimate = estimate_memory("ByteDance-Seed/BAGEL-7B-MoT", image_size=1024, quantize="nf4")
+    >>> print(estimate.total / 2**30)
 """
 
 from __future__ import annotations
@@ -162,10 +159,7 @@ def estimate_memory(
         prompt_tokens: tokens of the recovery prompt (Robust-U1's is 11 with Qwen2's tokenizer).
 
     Example:
-
-    ```python
-    >>> estimate_memory("Jiaqi-hkust/Robust-U1", image_size=512).total / 2**30
-    ```
+        >>> estimate_memory("Jiaqi-hkust/Robust-U1", image_size=512).total / 2**30
     """
     from .configuration_robust_u1 import RobustU1Config
 

@@ -19,7 +19,21 @@ _SEARCH_PATH = (
 
 
 def template_path(name: str) -> Path:
-    """Where the template ``name`` (e.g. ``"sft.md.jinja"``) lives."""
+    """Where the template ``name`` lives (``training.md.jinja``, ``dataset_card.md.jinja`` or ``tinyworld.md.jinja``).
+
+    Args:
+        name: the template's file name in ``model_cards/``.
+
+    Returns:
+        The path of the template file.
+
+    Raises:
+        FileNotFoundError: no such template in the source checkout or the installed data files.
+
+    Example:
+        >>> template_path("training.md.jinja").name
+        'training.md.jinja'
+    """
     for folder in _SEARCH_PATH:
         if (folder / name).is_file():
             return folder / name
@@ -29,11 +43,29 @@ def template_path(name: str) -> Path:
 def render_card(name: str, **context: Any) -> str:
     """Renders a card template with ``context``; an undefined variable is an error, not a blank.
 
-    Example:
+    The trainers render ``training.md.jinja`` (`robust_u1.trainers.utils.render_training_card`), the
+    dataset builders ``dataset_card.md.jinja`` (`robust_u1.data.render_dataset_card`) and TinyWorld
+    ``tinyworld.md.jinja``.
 
-    ```python
-    >>> card = render_card("sft.md.jinja", model_name="my-sft", base_model="ByteDance-Seed/BAGEL-7B-MoT", ...)
-    ```
+    Args:
+        name: the template's file name in ``model_cards/``.
+        **context: the template's variables.
+
+    Returns:
+        The rendered card (Markdown with a YAML header when the template has one).
+
+    Raises:
+        jinja2.UndefinedError: the template uses a variable that ``context`` does not give.
+
+    Example:
+        >>> card = render_card(
+        ...     "training.md.jinja", card_data="license: apache-2.0", model_name="my-sft", repo_id="me/my-sft",
+        ...     stage="stage I", stage_description="flow matching", trainer_name="FlowMatchingTrainer",
+        ...     base_model="ByteDance-Seed/BAGEL-7B-MoT", datasets=["me/pairs"], is_adapter=False,
+        ...     adapter_summary="", hyperparameters={"learning_rate": 2e-05}, results=None,
+        ... )
+        >>> "FlowMatchingTrainer" in card and "me/pairs" in card
+        True
     """
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return environment.from_string(template_path(name).read_text()).render(**context)

@@ -13,8 +13,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
-from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -368,6 +366,14 @@ class PositionEmbedding2D(nn.Module):
         return self.pos_embed[position_ids]
 
 
+def _autoencoder_kl() -> type:
+    # diffusers is imported when a model is built, not when this module is: importing it costs about
+    # 3 s of CPU (all its autoencoders and quantizers), and `import robust_u1` only registers classes.
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL
+
+
 class TimestepEmbedder(nn.Module):
     """``mlp(cat[cos(tφ), sin(tφ)])`` with t in [0, 1] used as is (no ×1000)."""
 
@@ -378,6 +384,8 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        from diffusers.models.embeddings import get_timestep_embedding  # see `_autoencoder_kl`
+
         freqs = get_timestep_embedding(t, self.frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         return self.mlp(freqs.to(self.mlp[0].weight.dtype))
 
@@ -438,16 +446,18 @@ class RobustU1PreTrainedModel(PreTrainedModel):
         return {id(m) for m in self.vae.modules()}
 
 
+# transformers' attn_implementation of the language model -> packed attention backend (`attention.py`);
+# None: nothing was requested (transformers leaves the sub-config unset), the automatic choice.
+_ATTENTION_BACKENDS = {None: "auto", "sdpa": "sdpa", "eager": "sdpa", "flex_attention": "flex"}
+
+
 class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrainedModel):
     """BAGEL: understands interleaved text and images, and generates (recovers) images.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import RobustU1ForConditionalGeneration
-    >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype="bfloat16")
-    >>> restored = model.recover(corrupted_image, processor=processor)
-    ```
+        >>> from robust_u1 import RobustU1ForConditionalGeneration
+        >>> model = RobustU1ForConditionalGeneration.from_pretrained("ByteDance-Seed/BAGEL-7B-MoT", dtype="bfloat16")
+        >>> restored = model.recover(corrupted_image, processor=processor)
     """
 
     def __init__(self, config: RobustU1Config):
@@ -463,8 +473,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         self.time_embedder = TimestepEmbedder(text.hidden_size)
         self.vae2llm = nn.Linear(config.patch_latent_dim, text.hidden_size)
         self.llm2vae = nn.Linear(text.hidden_size, config.patch_latent_dim)
-        self.vae = AutoencoderKL(**config.vae_config)
-        self.attention_backend = "auto"
+        self.vae = _autoencoder_kl()(**config.vae_config)
         self.post_init()
         self.freeze_fixed_parts()
 
@@ -476,15 +485,50 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         each loaded parameter with ``requires_grad=True`` whatever the module had set.
 
         Example:
-
-        ```python
-        >>> model.freeze_fixed_parts()
-        >>> any(p.requires_grad for p in model.vae.parameters())
-        False
-        ```
+            >>> model.freeze_fixed_parts()
+            >>> any(p.requires_grad for p in model.vae.parameters())
+            False
         """
         for module in (self.vae, self.vit_pos_embed, self.latent_pos_embed):
             module.requires_grad_(False)
+
+    @property
+    def attention_backend(self) -> str:
+        """The kernel of the packed language-model attention, from transformers' ``attn_implementation``.
+
+        ``from_pretrained(..., attn_implementation=...)`` (or ``set_attn_implementation``) sets
+        ``config.text_config._attn_implementation``, which the packed layers read:
+
+        - not set (the default): ``"auto"``: FlexAttention for cache-free batches on CUDA (packed
+          training batches, block-sparse), SDPA everywhere else;
+        - ``"flex_attention"``: FlexAttention for every cache-free batch (also on CPU, unfused), SDPA for
+          calls with a KV cache (prefill and sampling), which the FlexAttention path does not serve;
+        - ``"sdpa"`` and ``"eager"``: SDPA everywhere. There is no separate eager kernel: BAGEL's split
+          masks need SDPA's boolean masks, and SDPA's math path computes exactly eager attention.
+
+        The SigLIP tower uses transformers' own attention functions and honours the setting directly.
+        The returned names (``"auto"``, ``"sdpa"``, ``"flex"``) are those of
+        `robust_u1.attention.resolve_attention_backend`; assigning one sets the config accordingly.
+
+        Example:
+            >>> model = RobustU1ForConditionalGeneration.from_pretrained(path, attn_implementation="flex_attention")  # doctest: +SKIP
+            >>> model.attention_backend  # doctest: +SKIP
+            'flex'
+        """
+        implementation = self.config.text_config._attn_implementation
+        if implementation not in _ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attn_implementation={implementation!r} is not supported by the packed attention; "
+                f"use one of {sorted(name for name in _ATTENTION_BACKENDS if name)}."
+            )
+        return _ATTENTION_BACKENDS[implementation]
+
+    @attention_backend.setter
+    def attention_backend(self, backend: str) -> None:
+        implementations = {backend: implementation for implementation, backend in _ATTENTION_BACKENDS.items() if implementation != "eager"}
+        if backend not in implementations:
+            raise ValueError(f"attention_backend must be one of {sorted(implementations)}, got {backend!r}.")
+        self.config.text_config._attn_implementation = implementations[backend]
 
     _repeated_blocks = ["RobustU1MoTDecoderLayer"]
 
@@ -506,11 +550,8 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         symbolic, so further sizes reuse the dynamic graph.
 
         Example:
-
-        ```python
-        >>> model.compile_repeated_blocks()  # or compile_repeated_blocks(mode="max-autotune") on GPU
-        >>> restored = model.recover(image)  # the first call compiles, later calls reuse the graph
-        ```
+            >>> model.compile_repeated_blocks()  # or compile_repeated_blocks(mode="max-autotune") on GPU
+            >>> restored = model.recover(image)  # the first call compiles, later calls reuse the graph
         """
         backend = kwargs.get("backend", args[0] if args else "inductor")
         if backend == "inductor" and self.device.type == "cpu":
@@ -543,13 +584,10 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         ``strict=False`` accepts missing keys (a deliberate partial load; they are initialised).
 
         Example:
-
-        ```python
-        >>> model = RobustU1ForConditionalGeneration.from_pretrained(
-        ...     "ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16, device_map="auto",
-        ...     max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"}, offload_folder="offload",
-        ... )
-        ```
+            >>> model = RobustU1ForConditionalGeneration.from_pretrained(
+            ...     "ByteDance-Seed/BAGEL-7B-MoT", dtype=torch.bfloat16, device_map="auto",
+            ...     max_memory={0: "20GiB", 1: "20GiB", "cpu": "64GiB"}, offload_folder="offload",
+            ... )
         """
         from .loading import HUB_KWARGS, locate_checkpoint
 
@@ -581,10 +619,13 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             return model
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         placement = {k: kwargs.pop(k, None) for k in ("device_map", "max_memory", "offload_folder")}
+        attn_implementation = kwargs.pop("attn_implementation", None)
         ignored = sorted(set(kwargs) - set(HUB_KWARGS) - {"config", "trust_remote_code", "_from_pipeline", "_from_auto", "_commit_hash"})
         if ignored:
             raise TypeError(f"Unsupported arguments for an official-layout checkpoint: {ignored}.")
         model = load_official_checkpoint(folder, cls, dtype=dtype, strict=strict, **placement)
+        if attn_implementation is not None:
+            model.config._attn_implementation = attn_implementation  # also sets the text and vision sub-configs
         model.freeze_fixed_parts()
         model.processor = official_processor(folder)
         return model
@@ -804,10 +845,7 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         and by every prefill as a last guard (attention memory grows with the square of the length).
 
         Example:
-
-        ```python
-        >>> model.check_sequence_lengths([model.sequence_length(blocks)], max_new_tokens=64)
-        ```
+            >>> model.check_sequence_lengths([model.sequence_length(blocks)], max_new_tokens=64)
         """
         limit = self.text_config.max_position_embeddings
         longest = max((int(n) for n in lengths), default=0)
@@ -841,13 +879,10 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
         """Appends one block per sequence (text, ViT image or clean VAE image) to a context cache.
 
         Example:
-
-        ```python
-        >>> cache = model.new_cache(1)
-        >>> model.prefill(cache, [VaeImageBlock(*model.latent_to_tokens(latent))])
-        >>> model.prefill(cache, [VitImageBlock(vit_pixels)])
-        >>> model.prefill(cache, [TextBlock(prompt_ids)])
-        ```
+            >>> cache = model.new_cache(1)
+            >>> model.prefill(cache, [VaeImageBlock(*model.latent_to_tokens(latent))])
+            >>> model.prefill(cache, [VitImageBlock(vit_pixels)])
+            >>> model.prefill(cache, [TextBlock(prompt_ids)])
 
         Gradients flow when called outside ``torch.no_grad`` (training through a context).
         """

@@ -18,13 +18,10 @@ class RobustU1KVCache:
     so the three guidance contexts of a step, or G rollouts of one image, reuse one prefill.
 
     Example:
-
-    ```python
-    >>> cache = model.new_cache(batch_size=2)
-    >>> model.prefill(cache, [TextBlock([5, 6]), TextBlock([7])])
-    >>> cache.lengths
-    [4, 3]
-    ```
+        >>> cache = model.new_cache(batch_size=2)
+        >>> model.prefill(cache, [TextBlock([5, 6]), TextBlock([7])])
+        >>> cache.lengths
+        [4, 3]
     """
 
     def __init__(self, keys: list[list[torch.Tensor]], values: list[list[torch.Tensor]], next_positions: list[int]):

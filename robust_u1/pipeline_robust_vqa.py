@@ -15,14 +15,11 @@ class RobustVQAPipeline(Pipeline):
     ``think``, ``max_new_tokens``, ``do_sample``, ``temperature``…) and ``recover_kwargs`` to `recover`.
 
     Example:
-
-    ```python
-    >>> import robust_u1
-    >>> from transformers import pipeline
-    >>> vqa = pipeline("robust-vqa", model="Jiaqi-hkust/Robust-U1")
-    >>> vqa({"image": "corrupted.png", "question": "What animal is shown?", "options": ["dog", "cat"]})
-    {'answer': 'B', 'option': 'B', 'reasoning': None, 'recovered_image': <PIL.Image.Image ...>}
-    ```
+        >>> import robust_u1
+        >>> from transformers import pipeline
+        >>> vqa = pipeline("robust-vqa", model="Jiaqi-hkust/Robust-U1")
+        >>> vqa({"image": "corrupted.png", "question": "What animal is shown?", "options": ["dog", "cat"]})
+        {'answer': 'B', 'option': 'B', 'reasoning': None, 'recovered_image': <PIL.Image.Image ...>}
     """
 
     _load_processor = False

@@ -46,13 +46,10 @@ class RobustU1ImageProcessor(BaseImageProcessor):
     mean = std = 0.5 to [-1, 1], bicubic antialiased resizes.
 
     Example:
-
-    ```python
-    >>> processor = RobustU1ImageProcessor()
-    >>> vae, vit = processor.edit_pixel_values([Image.new("RGB", (640, 480))])
-    >>> vae[0].shape, vit[0].shape
-    (torch.Size([3, 512, 688]), torch.Size([3, 504, 686]))
-    ```
+        >>> processor = RobustU1ImageProcessor()
+        >>> vae, vit = processor.edit_pixel_values([Image.new("RGB", (640, 480))])
+        >>> vae[0].shape, vit[0].shape
+        (torch.Size([3, 512, 688]), torch.Size([3, 504, 686]))
     """
 
     model_input_names = ["pixel_values"]
@@ -116,7 +113,7 @@ model puts the image's tokens there), so no token has to be added to the vocabul
 
 # BAGEL has no chat roles: a prompt is a run of text pieces (each <|im_start|>…<|im_end|>) and image
 # blocks. The template renders user text as the official demo's prompt (VLMEvalKit MCQ layout, see
-# robust_u1.evaluation.prompts) with the recovery instruction unless `recover=False`; system and
+# robust_u1.prompting) with the recovery instruction unless `recover=False`; system and
 # assistant texts are pieces as they are. Template variables: options (list or {letter: text}),
 # recover (default true), hint, think (BAGEL's think system prompt first).
 CHAT_TEMPLATE = """
@@ -168,14 +165,11 @@ class RobustU1Processor(ProcessorMixin):
     saved with the processor (``chat_template.jinja``).
 
     Example:
-
-    ```python
-    >>> processor = RobustU1Processor.from_pretrained("Jiaqi-hkust/Robust-U1")
-    >>> messages = [{"role": "user", "content": [{"type": "image", "image": corrupted}, {"type": "image", "image": recovered},
-    ...                                          {"type": "text", "text": "What animal is shown?"}]}]
-    >>> inputs = processor.apply_chat_template(messages, options=["dog", "cat"], tokenize=True, return_dict=True)
-    >>> processor.batch_decode(model.generate(**inputs))
-    ```
+        >>> processor = RobustU1Processor.from_pretrained("Jiaqi-hkust/Robust-U1")
+        >>> messages = [{"role": "user", "content": [{"type": "image", "image": corrupted}, {"type": "image", "image": recovered},
+        ...                                          {"type": "text", "text": "What animal is shown?"}]}]
+        >>> inputs = processor.apply_chat_template(messages, options=["dog", "cat"], tokenize=True, return_dict=True)
+        >>> processor.batch_decode(model.generate(**inputs))
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template: str | None = None, **kwargs):
@@ -191,11 +185,8 @@ class RobustU1Processor(ProcessorMixin):
         tensors, one per image, since sizes differ).
 
         Example:
-
-        ```python
-        >>> inputs = processor(text=IMAGE_PLACEHOLDER + "What is shown?", images=image)
-        >>> ids = model.generate(**inputs)
-        ```
+            >>> inputs = processor(text=IMAGE_PLACEHOLDER + "What is shown?", images=image)
+            >>> ids = model.generate(**inputs)
         """
         if videos is not None or audio is not None:
             raise ValueError("Robust-U1 takes text and images only (no videos or audio).")
@@ -219,10 +210,7 @@ class RobustU1Processor(ProcessorMixin):
         """The interleaved understanding blocks of every sequence of a `__call__` output (padding dropped).
 
         Example:
-
-        ```python
-        >>> blocks = processor.features_to_blocks(processor(text=IMAGE_PLACEHOLDER + "Hi", images=image))
-        ```
+            >>> blocks = processor.features_to_blocks(processor(text=IMAGE_PLACEHOLDER + "Hi", images=image))
         """
         from .packing import TextBlock, VitImageBlock
 

@@ -2,7 +2,8 @@
 
 The paper's third stage fine-tunes the understanding path on the corrupted image I_c, the image
 I_r that the model itself recovered, and the question, with next-token cross-entropy on the answer
-only (DESIGN.md §3). This module holds the three pieces that make that a plain ``Trainer`` run:
+only (the paper's stage III; MathCanvas' stage-2 template for the loss weights). This module holds
+the three pieces that make that a plain ``Trainer`` run:
 
 - `build_reasoning_dataset` precomputes I_r once with `model.recover` (cached and resumable), so
   training never runs the 50-step sampler;
@@ -10,26 +11,23 @@ only (DESIGN.md §3). This module holds the three pieces that make that a plain 
 - `ReasoningCollator` packs [ViT(I_c), ViT(I_r), prompt, target] samples for the packed forward, and
   `reasoning_training_arguments` sets the three `TrainingArguments` that the packed batches need.
 
-Target format: ``<think>{reasoning}</think><ANSWER>{answer}</ANSWER>``, or ``<ANSWER>{answer}</ANSWER>``
-without reasoning. ``<think>`` is BAGEL's think-mode wrapper and ``<ANSWER>…</ANSWER>`` the Robust-U1
-answer tag, so `model.answer` and the benchmark scorers (`evaluation.options.final_answer_text`,
-which drops ``<think>`` blocks and reads the last ``<ANSWER>`` tag) parse what the trained model
-writes without any change. MCQ answers are the option letter, as the scorers expect.
-
-Example:
-
-```python
->>> model, processor = tiny_random_model()
->>> train = build_reasoning_dataset(load_robust_r1_jsonl("train.jsonl"), model, cache_dir="cache")
->>> trainer = Trainer(model, reasoning_training_arguments("out", max_steps=100), train_dataset=train,
-...                   data_collator=ReasoningCollator(processor, model.config),
-...                   callbacks=[TrainingSafetyCallback()])
->>> trainer.train()
-```
+Target format: the model's reply format (`robust_u1.prompting.format_reply`):
+``<think>{reasoning}</think><ANSWER>{answer}</ANSWER>``, or ``<ANSWER>{answer}</ANSWER>`` without
+reasoning, so `model.answer` and the benchmark scorers (both read replies with
+`robust_u1.prompting.parse_reply` / ``final_answer_text``) parse what the trained model writes without
+any change. MCQ answers are the option letter, as the scorers expect.
 
 `TrainingSafetyCallback` (from `robust_u1.trainers`) gives the standard Trainer what our stage I/II
 trainers have built in: it stops on a non-finite gradient norm before NaN reaches the weights, and
 sets aside checkpoints whose save was interrupted so that ``resume_from_checkpoint=True`` works.
+
+Example:
+    >>> model, processor = tiny_random_model()
+    >>> train = build_reasoning_dataset(load_robust_r1_jsonl("train.jsonl"), model, cache_dir="cache")
+    >>> trainer = Trainer(model, reasoning_training_arguments("out", max_steps=100), train_dataset=train,
+    ...                   data_collator=ReasoningCollator(processor, model.config),
+    ...                   callbacks=[TrainingSafetyCallback()])
+    >>> trainer.train()
 """
 
 from __future__ import annotations
@@ -49,11 +47,9 @@ from datasets.fingerprint import Hasher
 from transformers import TrainingArguments
 
 from .collators import PackedBatchBuilder, TextItem, VitItem
-from .data.caching import cache_file_name, fingerprint
+from .data.caching import cached_map, fingerprint
 from .distributed import check_shared_cache, gather_datasets, process_share
-from .evaluation.options import normalize_options, parse_choice_string
-from .evaluation.prompts import build_mcq_prompt, build_open_prompt
-from .generation_robust_u1 import THINK_SYSTEM_PROMPT
+from .prompting import THINK_SYSTEM_PROMPT, build_question_prompt, format_reply, normalize_options, parse_choice_string
 from .trainers.utils import sample_generator
 
 REASONING_FEATURES = datasets.Features(
@@ -78,7 +74,7 @@ _OPTION_LETTERS = tuple(string.ascii_uppercase)
 
 
 def format_reasoning_target(answer: str, reasoning: str | None = None) -> str:
-    """The text the model learns to write: optional ``<think>`` reasoning, then the ``<ANSWER>`` tag.
+    """The text the model learns to write (`robust_u1.prompting.format_reply`, kept under this name).
 
     Example:
         >>> format_reasoning_target("B", "The sign is red.")
@@ -86,8 +82,7 @@ def format_reasoning_target(answer: str, reasoning: str | None = None) -> str:
         >>> format_reasoning_target("B")
         '<ANSWER>B</ANSWER>'
     """
-    answer_tag = f"<ANSWER>{answer}</ANSWER>"
-    return f"<think>{reasoning}</think>{answer_tag}" if reasoning else answer_tag
+    return format_reply(answer, reasoning)
 
 
 def default_reasoning_prompt(question: str, options: Sequence[str] | Mapping[str, str] | None, recover: bool = True) -> str:
@@ -102,9 +97,7 @@ def default_reasoning_prompt(question: str, options: Sequence[str] | Mapping[str
         Please restore this corrupted image to its clean version.
         Based on what you observe in the restored image, please select the correct answer from the options above.
     """
-    if options:
-        return build_mcq_prompt(question, options, recover=recover)
-    return build_open_prompt(question, recover=recover)
+    return build_question_prompt(question, options, recover=recover)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,8 +195,12 @@ def build_reasoning_dataset(
         shard = dataset.select(range(start, stop))
         shard_key = f"{key}-{start:09d}-{stop:09d}"
         shards.append(
-            shard.map(
+            cached_map(
+                shard,
                 _recover_batch,
+                prefix="reasoning",
+                key=shard_key,
+                cache_dir=cache_dir,
                 batched=True,
                 batch_size=batch_size,
                 writer_batch_size=batch_size,
@@ -219,8 +216,6 @@ def build_reasoning_dataset(
                     "first_index": start,
                     "option_columns": option_columns,
                 },
-                new_fingerprint=shard_key,
-                cache_file_name=cache_file_name(dataset, cache_dir, "reasoning", shard_key),
                 load_from_cache_file=True,
                 desc=f"Recovering images (rows {start}-{stop - 1} of {len(dataset)})",
             )
@@ -467,12 +462,9 @@ class ReasoningCollator:
     run can also train answering from I_c alone; otherwise such a row is an error.
 
     Example:
-
-    ```python
-    >>> collator = ReasoningCollator(processor, model.config)
-    >>> batch = collator([rows[0], rows[1]])
-    >>> model(**batch).loss
-    ```
+        >>> collator = ReasoningCollator(processor, model.config)
+        >>> batch = collator([rows[0], rows[1]])
+        >>> model(**batch).loss
     """
 
     def __init__(
@@ -561,12 +553,9 @@ def reasoning_training_arguments(output_dir: str | os.PathLike, **kwargs) -> Tra
       hidden states included) across batches; the loss is what stage III evaluation needs.
 
     Example:
-
-    ```python
-    >>> args = reasoning_training_arguments("out", max_steps=1000, learning_rate=1e-5, per_device_train_batch_size=4)
-    >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator,
-    ...                   callbacks=[TrainingSafetyCallback()])
-    ```
+        >>> args = reasoning_training_arguments("out", max_steps=1000, learning_rate=1e-5, per_device_train_batch_size=4)
+        >>> trainer = Trainer(model, args, train_dataset=train, eval_dataset=held_out, data_collator=collator,
+        ...                   callbacks=[TrainingSafetyCallback()])
     """
     required = {"remove_unused_columns": False, "label_names": ["packed_label_ids"], "prediction_loss_only": True}
     conflicts = sorted(name for name, value in required.items() if name in kwargs and kwargs[name] != value)
@@ -579,10 +568,7 @@ def understanding_lora_config(r: int = 64, lora_alpha: int | None = None, lora_d
     """A `peft.LoraConfig` on the understanding expert's attention and MLP projections (α = 2r by default).
 
     Example:
-
-    ```python
-    >>> model = peft.get_peft_model(model, understanding_lora_config(r=16))
-    ```
+        >>> model = peft.get_peft_model(model, understanding_lora_config(r=16))
     """
     from peft import LoraConfig
 
@@ -619,12 +605,9 @@ def create_reasoning_model_card(trainer, model_name: str | None = None, dataset_
     """Writes the stage III model card (``model_cards/training.md.jinja``) into the trainer's output folder.
 
     Example:
-
-    ```python
-    >>> trainer = Trainer(model, reasoning_training_arguments("robust-u1-final"), data_collator=collator, ...)
-    >>> trainer.train()
-    >>> create_reasoning_model_card(trainer, dataset_name="jqtangust/Robust-R1")
-    ```
+        >>> trainer = Trainer(model, reasoning_training_arguments("robust-u1-final"), data_collator=collator, ...)
+        >>> trainer.train()
+        >>> create_reasoning_model_card(trainer, dataset_name="jqtangust/Robust-R1")
     """
     from .trainers.utils import write_training_card
 

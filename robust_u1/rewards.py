@@ -10,12 +10,11 @@ Images follow the library's one image-input rule (`robust_u1.image_utils`): PIL 
 arrays as batches. Float images must be finite and in [0, 1]: a float image in 0..255 or with NaN is a
 ``ValueError`` naming the fix, never clamped into a wrong score.
 
-Example::
-
-    reward_funcs, reward_weights = official_rewards(device="cuda")
-    per_func, weighted = compute_rewards(
-        reward_funcs, reward_weights, images=recovered, prompts=prompts, target_image=clean
-    )
+Example:
+    >>> reward_funcs, reward_weights = official_rewards(device="cuda")
+    >>> per_func, weighted = compute_rewards(
+    ...     reward_funcs, reward_weights, images=recovered, prompts=prompts, target_image=clean
+    ... )
 """
 
 from __future__ import annotations
@@ -97,8 +96,7 @@ class SSIMReward:
     gives a ``None`` reward. Images are read with the library's input rule: a float image outside
     [0, 1] (e.g. in 0..255) or with NaN raises ``ValueError``, it is never clamped.
 
-    Example::
-
+    Example:
         >>> reward = SSIMReward(device="cpu")
         >>> clean = torch.rand(3, 64, 64)
         >>> reward(images=[clean], prompts=["p"], target_image=[clean])
@@ -158,8 +156,7 @@ class CLIPSimilarityReward:
     (default: CUDA when available). Images are converted to PIL and
     preprocessed as the official code does, then encoded in batches of ``batch_size`` under ``no_grad``.
 
-    Example::
-
+    Example:
         >>> reward = CLIPSimilarityReward(model_name="ViT-S-32", pretrained=None, device="cpu")
         >>> image = torch.rand(3, 64, 64)
         >>> round(reward(images=[image], target_image=[image])[0], 4)
@@ -196,9 +193,8 @@ class CLIPSimilarityReward:
     def from_transformers(cls, path: str | os.PathLike, **kwargs: Any) -> CLIPSimilarityReward:
         """Load a transformers ``CLIPModel`` folder or Hub id (e.g. ``wkcn/TinyCLIP-ViT-8M-16-Text-3M-YFCC15M``).
 
-        Example::
-
-            reward = CLIPSimilarityReward.from_transformers("/models/TinyCLIP-ViT-8M-16", device="cuda")
+        Example:
+            >>> reward = CLIPSimilarityReward.from_transformers("/models/TinyCLIP-ViT-8M-16", device="cuda")
         """
         from transformers import CLIPImageProcessor, CLIPModel
 
@@ -253,9 +249,8 @@ class CLIPSimilarityReward:
 def official_rewards(device: str | torch.device | None = None) -> tuple[list[RewardFunction], list[float]]:
     """The official Robust-U1 rewards and weights: SSIM (1.0) and CLIP ViT-B-32 ``openai`` (0.2).
 
-    Example::
-
-        reward_funcs, reward_weights = official_rewards(device="cuda")
+    Example:
+        >>> reward_funcs, reward_weights = official_rewards(device="cuda")
     """
     reward_funcs: list[RewardFunction] = [SSIMReward(device=device), CLIPSimilarityReward(device=device)]
     return reward_funcs, [OFFICIAL_REWARD_WEIGHTS[reward_name(func)] for func in reward_funcs]
@@ -294,8 +289,7 @@ def compute_rewards(
     a wrong number of values, raises :class:`RewardFunctionError` naming it: the step stops rather than
     training on silent zeros.
 
-    Example::
-
+    Example:
         >>> per_func, weighted = compute_rewards(
         ...     [lambda images, **kw: [1.0, None]], [0.5], images=[object(), object()], prompts=["a", "b"]
         ... )

@@ -32,13 +32,10 @@ through skipped layers. `TaylorSeerCache` therefore refuses to run with gradient
 sampling (`recover`, or a `denoise` call with the Euler rule) is where it is valid.
 
 Example:
-
-```python
->>> restored = model.recover(image, num_inference_steps=50, enable_taylorseer=True)
->>> # other settings than the official defaults, or the loop itself:
->>> restored = model.recover(image, enable_taylorseer=True, taylorseer_config=TaylorSeerConfig(fresh_threshold=4))
->>> out = model.denoise(contexts, noise, RecoveryConfig(), taylorseer=TaylorSeerConfig())
-```
+    >>> restored = model.recover(image, num_inference_steps=50, enable_taylorseer=True)
+    >>> # other settings than the official defaults, or the loop itself:
+    >>> restored = model.recover(image, enable_taylorseer=True, taylorseer_config=TaylorSeerConfig(fresh_threshold=4))
+    >>> out = model.denoise(contexts, noise, RecoveryConfig(), taylorseer=TaylorSeerConfig())
 """
 
 from __future__ import annotations
@@ -67,11 +64,8 @@ class TaylorSeerConfig:
         max_order: highest derivative order of the Taylor polynomial.
 
     Example:
-
-    ```python
-    >>> TaylorSeerConfig().step_types(8)
-    ['full', 'full', 'full', 'full', 'full', 'Taylor', 'Taylor', 'full']
-    ```
+        >>> TaylorSeerConfig().step_types(8)
+        ['full', 'full', 'full', 'full', 'full', 'Taylor', 'Taylor', 'full']
     """
 
     fresh_threshold: int = 3
@@ -190,15 +184,12 @@ class TaylorSeerCache:
     those calls.
 
     Example:
-
-    ```python
-    >>> taylorseer = TaylorSeerCache()
-    >>> for t, t_next in zip(timesteps[:-1], timesteps[1:]):
-    ...     v = model.guided_velocities(contexts, x, t, guidance, taylorseer=taylorseer)
-    ...     x = [euler_step(xi, vi, t, t_next) for xi, vi in zip(x, v)]
-    >>> taylorseer.branches["gen"].last_step_type
-    'Taylor'
-    ```
+        >>> taylorseer = TaylorSeerCache()
+        >>> for t, t_next in zip(timesteps[:-1], timesteps[1:]):
+        ...     v = model.guided_velocities(contexts, x, t, guidance, taylorseer=taylorseer)
+        ...     x = [euler_step(xi, vi, t, t_next) for xi, vi in zip(x, v)]
+        >>> taylorseer.branches["gen"].last_step_type
+        'Taylor'
     """
 
     def __init__(self, config: TaylorSeerConfig | dict[str, Any] | None = None):

@@ -1,14 +1,15 @@
 """A tiny BAGEL-architecture model with random weights and a byte-level tokenizer.
 
-It runs every code path in seconds on a CPU (tests, benchmarks, the CLI's offline default until a
-trained tiny checkpoint ships). Its outputs are meaningless: the weights are random.
+It runs every code path in seconds on a CPU (tests and benchmarks). Its outputs are meaningless: the
+weights are random. For a small model that was actually trained (and is the CLI's and the
+``robust-vqa`` pipeline's offline default), see `robust_u1.tinyworld` and its shipped checkpoints.
 
 Example:
-
-```python
->>> model, processor = tiny_random_model(seed=0)
->>> restored = model.recover(image, processor=processor, num_inference_steps=4, progress=False)
-```
+    >>> from PIL import Image
+    >>> model, processor = tiny_random_model(seed=0)
+    >>> restored = model.recover(Image.new("RGB", (64, 48)), processor=processor, num_inference_steps=4, progress=False)
+    >>> restored.size
+    (64, 48)
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_en
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (256 byte tokens, no merges) plus BAGEL's four special tokens."""
+    """A byte-level tokenizer (256 byte tokens, no merges) plus BAGEL's four special tokens.
+
+    Example:
+        >>> tokenizer = byte_level_tokenizer()
+        >>> tokenizer.decode(tokenizer.encode("héllo"))
+        'héllo'
+    """
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -37,6 +44,19 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(vocab_size: int, special_ids: dict[str, int]) -> RobustU1Config:
+    """The tiny architecture: a 2-layer, 64-wide MoT language model, a 2-layer SigLIP and a small VAE.
+
+    Args:
+        vocab_size: the tokenizer's size.
+        special_ids: ``bos_token_id``, ``eos_token_id``, ``start_of_image_token_id`` and ``end_of_image_token_id``.
+
+    Returns:
+        A `RobustU1Config`.
+
+    Example:
+        >>> tiny_config(260, {}).text_config.hidden_size
+        64
+    """
     return RobustU1Config(
         text_config={
             "vocab_size": vocab_size, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -55,13 +75,30 @@ def tiny_config(vocab_size: int, special_ids: dict[str, int]) -> RobustU1Config:
 
 
 def tiny_processor() -> RobustU1Processor:
-    """Byte-level tokenizer and small image bounds (VAE 32–128 px, ViT 28–112 px) for fast runs."""
+    """Byte-level tokenizer and small image bounds (VAE 32–128 px, ViT 28–112 px) for fast runs.
+
+    Example:
+        >>> tiny_processor().image_processor.vae_max_size
+        128
+    """
     image_processor = RobustU1ImageProcessor(vae_max_size=128, vae_min_size=32, vit_max_size=112, vit_min_size=28)
     return RobustU1Processor(image_processor=image_processor, tokenizer=byte_level_tokenizer())
 
 
 def tiny_random_model(seed: int = 0):
-    """A randomly initialised tiny model and its processor (deterministic for a given seed)."""
+    """A randomly initialised tiny model and its processor (deterministic for a given seed).
+
+    Args:
+        seed: the torch seed of the initialisation.
+
+    Returns:
+        ``(model, processor)``, the processor also set as ``model.processor``.
+
+    Example:
+        >>> model, processor = tiny_random_model(seed=0)
+        >>> model.processor is processor
+        True
+    """
     from .modeling_robust_u1 import RobustU1ForConditionalGeneration
 
     processor = tiny_processor()

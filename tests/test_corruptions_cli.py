@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from robust_u1.corruptions import corrupt
-from robust_u1.corruptions.cli import add_build_dataset_parser, add_corrupt_parser
+from robust_u1.corruptions.cli import add_corrupt_parser
+from robust_u1.data.cli import add_build_dataset_parser
 
 
 @pytest.fixture()

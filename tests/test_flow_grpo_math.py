@@ -23,7 +23,8 @@ def _inputs(batch: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sde_mean_and_noise_std(velocity, sample, sigma, sigma_next, noise_level=NOISE_LEVEL):
-    """DESIGN.md §3 SDE formulas, written out independently, for per-sample [B] sigmas."""
+    """flow_grpo's SDE step (yifan123/flow_grpo ``sde_step_with_logprob``), written out independently,
+    for per-sample [B] sigmas: std = a·sqrt(σ/(1−σ)), μ = x(1 + std²dt/(2σ)) + v(1 + std²(1−σ)/(2σ))dt."""
     sigma, sigma_next = sigma.view(-1, 1, 1), sigma_next.view(-1, 1, 1)
     dt = sigma_next - sigma
     std = noise_level * torch.sqrt(sigma / (1 - sigma))

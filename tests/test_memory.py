@@ -17,7 +17,7 @@ def estimates():
 
 
 def test_bagel_7b_weights_match_its_parameter_count(estimates):
-    # 14.69 B parameters (DESIGN.md: ≈14.6 B + the 84 M-parameter VAE) × 2 bytes.
+    # 14.69 B parameters (BAGEL-7B-MoT: ≈14.6 B in ema.safetensors + the 84 M-parameter FLUX VAE) × 2 bytes.
     assert estimates[1024, None].weights == pytest.approx(14.69e9 * 2, rel=2e-3)
     assert estimates[1024, None].weights / GIB == pytest.approx(27.36, abs=0.01)
     # Quantized: the decoder / ViT Linear weights shrink, embeddings, head, VAE and projections do not.

@@ -13,29 +13,48 @@ Example:
 
 See :mod:`.image_io` for the image mode / dtype rules, :mod:`.registry` for names and small
 images, :mod:`.levels` for the low / mid / high mapping, :mod:`.imagenet_c` and :mod:`.robust_r1`
-for the corruptions themselves.
+for the corruptions themselves. Names are imported lazily, so the ``corrupt`` command's parser
+(`robust_u1.corruptions.cli`) loads without numpy or scipy.
 """
 
-from .levels import LEVELS, Level, level_for_percent, parse_level
-from .registry import (
-    FAMILIES,
-    IMAGENET_C,
-    MIN_SIDE,
-    OFFICIAL_R1_WEIGHTS,
-    ROBUST_R1,
-    SELECTORS,
-    Corruption,
-    CorruptionRecord,
-    RandomCorruption,
-    corrupt,
-    degrade_at_level,
-    expand_names,
-    get_corruption,
-    list_corruptions,
-    resolve_strength,
-)
-from .robust_r1 import PRESETS
-from .seeding import SeedLike, as_generator
+from importlib import import_module
+from typing import Any
+
+_LAZY_ATTRIBUTES: dict[str, str] = {
+    "LEVELS": ".levels",
+    "Level": ".levels",
+    "level_for_percent": ".levels",
+    "parse_level": ".levels",
+    "FAMILIES": ".registry",
+    "IMAGENET_C": ".registry",
+    "MIN_SIDE": ".registry",
+    "OFFICIAL_R1_WEIGHTS": ".registry",
+    "ROBUST_R1": ".registry",
+    "SELECTORS": ".registry",
+    "Corruption": ".registry",
+    "CorruptionRecord": ".registry",
+    "RandomCorruption": ".registry",
+    "corrupt": ".registry",
+    "degrade_at_level": ".registry",
+    "expand_names": ".registry",
+    "get_corruption": ".registry",
+    "list_corruptions": ".registry",
+    "resolve_strength": ".registry",
+    "PRESETS": ".robust_r1",
+    "SeedLike": ".seeding",
+    "as_generator": ".seeding",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(import_module(_LAZY_ATTRIBUTES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(_LAZY_ATTRIBUTES)
+
 
 __all__ = [
     "FAMILIES",

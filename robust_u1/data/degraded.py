@@ -28,7 +28,7 @@ from ..corruptions.registry import (
 from ..corruptions.seeding import SeedLike, as_int_seed
 from ..distributed import check_shared_cache, gather_datasets, num_processes, process_bounds
 from ..image_utils import open_image
-from .caching import cache_file_name, fingerprint
+from .caching import cached_map, fingerprint
 
 CLEAN_LEVEL = 0
 _CLEAN_NAMES = {"0", "0%", "clean", "none"}
@@ -93,8 +93,12 @@ def build_degraded_benchmark(
         if num_processes() > 1:
             key = f"{key}-{start:09d}-{stop:09d}"
         copies.append(
-            share.map(
+            cached_map(
+                share,
                 _degrade_example,
+                prefix="degraded",
+                key=key,
+                cache_dir=cache_dir,
                 with_indices=True,
                 features=features,
                 num_proc=num_proc,
@@ -105,8 +109,6 @@ def build_degraded_benchmark(
                     "image_column": image_column,
                     "first_index": start,
                 },
-                new_fingerprint=key,
-                cache_file_name=cache_file_name(dataset, cache_dir, "degraded", key),
                 desc=f"Degrading images ({percent}%)",
             )
         )

@@ -23,9 +23,9 @@ from tqdm.auto import tqdm
 from ..corruptions.registry import RandomCorruption, StrengthSpec
 from ..corruptions.seeding import SeedLike, as_int_seed
 from ..distributed import check_shared_cache, gather_datasets, num_processes, process_bounds
-from ..evaluation.prompts import RECOVERY_PROMPT
 from ..image_utils import open_image, save_image, to_rgb_image
-from .caching import cache_file_name, fingerprint
+from ..prompting import RECOVERY_PROMPT
+from .caching import cached_map, fingerprint
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 JSONL_NAME = "data.jsonl"
@@ -120,8 +120,12 @@ def build_recovery_dataset(
     share = dataset
     if num_processes() > 1:
         share, key = dataset.select(range(start, stop)), f"{key}-{start:09d}-{stop:09d}"
-    pairs = share.map(
+    pairs = cached_map(
+        share,
         _corrupt_batch,
+        prefix="recovery",
+        key=key,
+        cache_dir=cache_dir,
         batched=True,
         batch_size=batch_size,
         with_indices=True,
@@ -135,8 +139,6 @@ def build_recovery_dataset(
             "image_column": image_column,
             "first_index": start,
         },
-        new_fingerprint=key,
-        cache_file_name=cache_file_name(dataset, cache_dir, "recovery", key),
         desc="Corrupting images",
     )
     return gather_datasets([pairs])

@@ -9,12 +9,9 @@ Gradio is imported only when the app is built (`build_demo`, `launch_demo`); `st
 same run without a UI.
 
 Example:
-
-```python
->>> from robust_u1.demo import build_demo
->>> from robust_u1.tinyworld import load_tinyworld
->>> build_demo(*load_tinyworld()).launch()
-```
+    >>> from robust_u1.demo import build_demo
+    >>> from robust_u1.tinyworld import load_tinyworld
+    >>> build_demo(*load_tinyworld()).launch()
 """
 
 from importlib import import_module

@@ -130,12 +130,9 @@ def build_demo(model, processor=None, examples: list[list[Any]] | None = None, t
         changes it; `launch_demo` does).
 
     Example:
-
-    ```python
-    >>> from robust_u1.tinyworld import load_tinyworld
-    >>> model, processor = load_tinyworld()
-    >>> build_demo(model, processor).launch()
-    ```
+        >>> from robust_u1.tinyworld import load_tinyworld
+        >>> model, processor = load_tinyworld()
+        >>> build_demo(model, processor).launch()
     """
     if isinstance(preview_every, bool) or not isinstance(preview_every, int) or preview_every < 1:
         raise ValueError(f"preview_every must be a whole number ≥ 1 (denoising steps per preview), got {preview_every!r}.")
@@ -259,10 +256,7 @@ def launch_demo(
     """Builds the demo and serves it; ``concurrency`` runs of the model at a time, other users wait in the queue.
 
     Example:
-
-    ```python
-    >>> launch_demo(model, processor, host="0.0.0.0", port=7860, concurrency=1)
-    ```
+        >>> launch_demo(model, processor, host="0.0.0.0", port=7860, concurrency=1)
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be a whole number ≥ 1, got {concurrency!r}.")

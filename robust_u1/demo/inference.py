@@ -85,11 +85,8 @@ def parse_options(options: str | Sequence[str] | None) -> list[str]:
     """Options from a text box (one per line) or a list; blank entries are dropped.
 
     Example:
-
-    ```python
-    >>> parse_options("circle\\n square \\n\\ntriangle")
-    ['circle', 'square', 'triangle']
-    ```
+        >>> parse_options("circle\\n square \\n\\ntriangle")
+        ['circle', 'square', 'triangle']
     """
     if options is None:
         return []
@@ -202,13 +199,10 @@ def stream_demo(model, processor, request: DemoRequest, preview_every: int = 1) 
             the last step is always shown.
 
     Example:
-
-    ```python
-    >>> request = DemoRequest(image="examples/corrupted_example.png", question="Which shape is red?",
-    ...                       options=["circle", "square", "triangle"])
-    >>> for state in stream_demo(model, processor, request):
-    ...     print(state.status)
-    ```
+        >>> request = DemoRequest(image="examples/corrupted_example.png", question="Which shape is red?",
+        ...                       options=["circle", "square", "triangle"])
+        >>> for state in stream_demo(model, processor, request):
+        ...     print(state.status)
     """
     import torch
     from transformers import TextStreamer

@@ -39,6 +39,10 @@ import string
 import unicodedata
 from collections.abc import Mapping, Sequence
 
+# The reply format and option lettering live with the model's prompts (`robust_u1.prompting`);
+# re-exported here for the harness.
+from ..prompting import final_answer_text, normalize_options, parse_choice_string, strip_reasoning  # noqa: F401
+
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
@@ -154,57 +158,6 @@ _TEXT_NEGATION_BEFORE = re.compile(
     r"\s*(?:(?:a|an|the)\s+)?$",
     re.IGNORECASE,
 )
-
-
-def normalize_options(options: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
-    """Return options as an ordered ``{letter: text}`` dict; a list is lettered A, B, C, … in order.
-
-    Example:
-        >>> normalize_options(["dog", "cat"])
-        {'A': 'dog', 'B': 'cat'}
-    """
-    if isinstance(options, Mapping):
-        return {str(letter).strip().upper(): str(text) for letter, text in options.items()}
-    return {string.ascii_uppercase[index]: str(text) for index, text in enumerate(options)}
-
-
-def parse_choice_string(choices: str | None) -> dict[str, str]:
-    """Parse options written on one line, as R-Bench does (``"A.dog; B.cat"``); ``"N"`` or empty means none.
-
-    Example:
-        >>> parse_choice_string("A.running; B.Play football")
-        {'A': 'running', 'B': 'Play football'}
-    """
-    options = {}
-    for part in (choices or "").split(";"):
-        found = re.match(r"\s*\(?([A-Z])[.:)]\s*(.*)$", part, re.DOTALL)
-        if found:
-            options[found.group(1)] = found.group(2).strip()
-    return options
-
-
-def strip_reasoning(response: str) -> str:
-    """Remove ``<think>…</think>`` reasoning; text before a lone ``</think>`` is reasoning too.
-
-    Example:
-        >>> strip_reasoning("<think>maybe A</think>The answer is B")
-        'The answer is B'
-    """
-    without_blocks = _THINK_BLOCK.sub(" ", response)
-    # Chat templates often put the opening <think> in the prompt, so only the closing tag is generated.
-    return _THINK_CLOSE.split(without_blocks)[-1].strip()
-
-
-def final_answer_text(response: str) -> str:
-    """The part of a reply that states the answer: the last ``<ANSWER>`` tag, else the reply without reasoning.
-
-    Example:
-        >>> final_answer_text("<think>A or C?</think><ANSWER>C</ANSWER>")
-        'C'
-    """
-    text = strip_reasoning(response)
-    tagged = _ANSWER_TAG.findall(text)
-    return tagged[-1].strip() if tagged else text
 
 
 def extract_option(response: str | None, options: Mapping[str, str] | Sequence[str]) -> str | None:

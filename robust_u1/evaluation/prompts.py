@@ -1,24 +1,27 @@
-"""Prompt builders shared by the benchmarks and the model code.
+"""Benchmark prompts: R-Bench's, plus the model's question prompts re-exported for the harness.
 
-MCQ benchmarks use the VLMEvalKit multiple-choice layout of the official Robust-U1 demo; R-Bench
-uses the prompts of its official inference script (Q-Future/R-Bench, ``R-Bench-Script.ipynb``).
-In ``recover`` mode the answer instruction is preceded by the recovery prompt and rephrased to refer
-to the restored image, exactly as in the demo's MCQ prompt; the same rule is applied to the R-Bench
+MCQ benchmarks use the VLMEvalKit multiple-choice layout of the official Robust-U1 demo, which is the
+model's own prompt and lives in `robust_u1.prompting` (re-exported here for compatibility). R-Bench
+uses the prompts of its official inference script (Q-Future/R-Bench, ``R-Bench-Script.ipynb``). In
+``recover`` mode the answer instruction is preceded by the recovery prompt and rephrased to refer to
+the restored image, exactly as in the demo's MCQ prompt; the same rule is applied to the R-Bench
 instructions (the paper does not print its R-Bench recovery prompts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from .options import normalize_options
+from ..prompting import (  # noqa: F401  (re-exported: the harness and user code import them from here)
+    MCQ_INSTRUCTION,
+    OPEN_QUESTION_INSTRUCTION,
+    RECOVERY_PROMPT,
+    build_mcq_prompt,
+    build_open_prompt,
+    check_options,
+    with_recovery,
+)
 
-RECOVERY_PROMPT = "Please restore this corrupted image to its clean version."
-"""P_rec, the instruction that makes Robust-U1 generate the recovered image."""
-
-MCQ_INSTRUCTION = "Please select the correct answer from the options above."
-OPEN_QUESTION_INSTRUCTION = "Answer the question using a single word or phrase."
 RBENCH_MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 RBENCH_VQA_INSTRUCTION = "Please answer no more than 10 words"
 RBENCH_CAPTION_PROMPT = (
@@ -29,82 +32,17 @@ RBENCH_CAPTION_PROMPT = (
 RBenchTask = Literal["MCQ", "VQA", "CAP"]
 
 
-def with_recovery(instruction: str) -> str:
-    """Prefix an answer instruction with P_rec and make it refer to the restored image.
-
-    Example:
-        >>> with_recovery("Please select the correct answer from the options above.")
-        'Please restore this corrupted image to its clean version.\\nBased on what you observe in the restored image, please select the correct answer from the options above.'
-    """
-    return (
-        f"{RECOVERY_PROMPT}\nBased on what you observe in the restored image, "
-        f"{instruction[:1].lower()}{instruction[1:]}"
-    )
-
-
-def build_mcq_prompt(
-    question: str,
-    options: Mapping[str, str] | Sequence[str],
-    *,
-    recover: bool = False,
-    hint: str | None = None,
-) -> str:
-    """The VLMEvalKit MCQ prompt used by the official Robust-U1 demo (``Hint:`` line first when given).
-
-    Example:
-        >>> print(build_mcq_prompt("What animal is shown?", ["dog", "cat"]), end="")
-        Question: What animal is shown?
-        Options:
-        A. dog
-        B. cat
-        Please select the correct answer from the options above.
-    """
-    check_options(options)
-    lines = [f"Hint: {hint}"] if hint else []
-    lines.append(f"Question: {question}")
-    choices = normalize_options(options)
-    if choices:
-        lines.append("Options:")
-        lines.extend(f"{letter}. {text}" for letter, text in choices.items())
-    lines.append(with_recovery(MCQ_INSTRUCTION) if recover else MCQ_INSTRUCTION)
-    return "\n".join(lines) + "\n"
-
-
-def check_options(options: Mapping[str, str] | Sequence[str]) -> None:
-    """Options are a list of texts (lettered A–Z) or a ``{letter: text}`` dict: one clear error otherwise.
-
-    Example:
-        >>> check_options("AB")
-        Traceback (most recent call last):
-        ...
-        TypeError: options must be a list of option texts or a {letter: text} dict, e.g. ['dog', 'cat']; got the string 'AB'.
-    """
-    if isinstance(options, (str, bytes)):
-        raise TypeError(
-            f"options must be a list of option texts or a {{letter: text}} dict, e.g. ['dog', 'cat']; got the string {options!r:.60}."
-        )
-    if not (hasattr(options, "__len__") and hasattr(options, "__iter__")):  # lists, tuples, arrays, dicts
-        raise TypeError(f"options must be a list of option texts or a {{letter: text}} dict, got {type(options).__name__}.")
-    if len(options) > 26:
-        raise ValueError(f"At most 26 options (letters A to Z) are supported, got {len(options)}.")
-
-
-def build_open_prompt(question: str, *, recover: bool = False, hint: str | None = None) -> str:
-    """The prompt for a question without options (some RealWorldQA items).
-
-    Example:
-        >>> print(build_open_prompt("How many cars?"), end="")
-        Question: How many cars?
-        Answer the question using a single word or phrase.
-    """
-    lines = [f"Hint: {hint}"] if hint else []
-    lines.append(f"Question: {question}")
-    lines.append(with_recovery(OPEN_QUESTION_INSTRUCTION) if recover else OPEN_QUESTION_INSTRUCTION)
-    return "\n".join(lines) + "\n"
-
-
 def build_rbench_prompt(task: RBenchTask, question: str, choices: str | None = None, *, recover: bool = False) -> str:
-    """The R-Bench prompt for one item; ``choices`` is the raw choice string (``"A.x; B.y"``) for MCQ.
+    """The R-Bench prompt for one item.
+
+    Args:
+        task: the R-Bench task: ``"MCQ"``, ``"VQA"`` or ``"CAP"`` (captioning).
+        question: the question text (unused for captioning).
+        choices: the raw choice string (``"A.x; B.y"``) of an MCQ item.
+        recover: whether the model answers over [I_c, I_r] (adds P_rec, see `with_recovery`).
+
+    Returns:
+        The prompt text.
 
     Example:
         >>> build_rbench_prompt("VQA", "What color is the car")

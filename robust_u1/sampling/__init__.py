@@ -4,11 +4,8 @@ log-probs). The denoising loop that runs them is `RobustU1GenerationMixin.denois
 `recover()` and by `FlowGRPOTrainer`'s rollouts alike; the settings are `RecoveryConfig`.
 
 Example:
-
-```python
->>> from robust_u1.sampling import flow_timesteps, EulerStep
->>> out = model.denoise(contexts, latents, RecoveryConfig(num_inference_steps=30), step_rule=EulerStep())
-```
+    >>> from robust_u1.sampling import flow_timesteps, EulerStep
+    >>> out = model.denoise(contexts, latents, RecoveryConfig(num_inference_steps=30), step_rule=EulerStep())
 """
 
 from ..configuration_recovery import GuidanceConfig, RecoveryConfig, RenormType

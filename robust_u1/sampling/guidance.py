@@ -27,10 +27,7 @@ def guided_velocity(
     would make one image's result depend on the others batched with it).
 
     Example:
-
-    ```python
-    >>> v = guided_velocity(v_gen, v_cfg_text, v_cfg_img, GuidanceConfig(cfg_text_scale=4.0))
-    ```
+        >>> v = guided_velocity(v_gen, v_cfg_text, v_cfg_img, GuidanceConfig(cfg_text_scale=4.0))
     """
     m = guidance.cfg_renorm_min
     text_guided = v_cfg_text + guidance.cfg_text_scale * (v_gen - v_cfg_text)

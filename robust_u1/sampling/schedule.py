@@ -16,11 +16,8 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     """BAGEL's timestep shift ``s·t / (1 + (s − 1)·t)``, for sampling schedules and training timesteps alike.
 
     Example:
-
-    ```python
-    >>> shift_timesteps(torch.tensor([0.5]), 3.0)
-    tensor([0.7500])
-    ```
+        >>> shift_timesteps(torch.tensor([0.5]), 3.0)
+        tensor([0.7500])
     """
     return shift * t / (1 + (shift - 1) * t)
 
@@ -29,11 +26,8 @@ def flow_timesteps(num_timesteps: int, shift: float, device=None) -> torch.Tenso
     """The sampling schedule: `shift_timesteps` of ``u = linspace(1, 0, num_timesteps)`` (both ends included).
 
     Example:
-
-    ```python
-    >>> flow_timesteps(6, 3.0)
-    tensor([1.0000, 0.9231, 0.8182, 0.6667, 0.4286, 0.0000])
-    ```
+        >>> flow_timesteps(6, 3.0)
+        tensor([1.0000, 0.9231, 0.8182, 0.6667, 0.4286, 0.0000])
     """
     if num_timesteps < 2:
         raise ValueError(f"num_inference_steps must be an int >= 2, got {num_timesteps} (the schedule points, t = 1 and t = 0 included).")

@@ -51,11 +51,8 @@ def euler_step(x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float)
     """The ODE step ``x − v·(t − t_next)`` in the dtype of ``x``.
 
     Example:
-
-    ```python
-    >>> euler_step(torch.ones(2), torch.ones(2), 1.0, 0.75)
-    tensor([0.7500, 0.7500])
-    ```
+        >>> euler_step(torch.ones(2), torch.ones(2), 1.0, 0.75)
+        tensor([0.7500, 0.7500])
     """
     return x - velocity.to(x.dtype) * (t - t_next)
 
@@ -112,13 +109,10 @@ def sde_step_with_logprob(
         t_max: the schedule's second point, needed for ``sde`` when ``t == 1``.
 
     Example:
-
-    ```python
-    >>> v, x = torch.randn(2, 16, 64), torch.randn(2, 16, 64)
-    >>> out = sde_step_with_logprob(v, x, t=0.8, t_next=0.7)
-    >>> out.prev_sample.shape, out.log_prob.shape
-    (torch.Size([2, 16, 64]), torch.Size([2]))
-    ```
+        >>> v, x = torch.randn(2, 16, 64), torch.randn(2, 16, 64)
+        >>> out = sde_step_with_logprob(v, x, t=0.8, t_next=0.7)
+        >>> out.prev_sample.shape, out.log_prob.shape
+        (torch.Size([2, 16, 64]), torch.Size([2]))
     """
     if sde_type not in ("sde", "cps"):
         raise ValueError(f"sde_type must be 'sde' or 'cps', got {sde_type!r}")
@@ -200,11 +194,8 @@ class EulerStep:
     """The deterministic ODE step of BAGEL's sampler (`recover`), ``x' = x − v·(t − t_next)``.
 
     Example:
-
-    ```python
-    >>> EulerStep().step(torch.ones(1, 2), torch.ones(1, 2), 1.0, 0.5).prev_sample
-    tensor([[0.5000, 0.5000]])
-    ```
+        >>> EulerStep().step(torch.ones(1, 2), torch.ones(1, 2), 1.0, 0.5).prev_sample
+        tensor([[0.5000, 0.5000]])
     """
 
     stochastic = False
@@ -227,13 +218,10 @@ class SDEStep:
         cps_log_prob: ``"gaussian"`` (exact density) or flow_grpo's ``"squared_error"`` for CPS.
 
     Example:
-
-    ```python
-    >>> rule = SDEStep(noise_level=0.7)
-    >>> out = rule.step(v[None], x[None], 0.9, 0.8, generator=torch.Generator().manual_seed(0))
-    >>> out.log_prob.shape
-    torch.Size([1])
-    ```
+        >>> rule = SDEStep(noise_level=0.7)
+        >>> out = rule.step(v[None], x[None], 0.9, 0.8, generator=torch.Generator().manual_seed(0))
+        >>> out.log_prob.shape
+        torch.Size([1])
     """
 
     noise_level: float = 0.7
@@ -264,11 +252,8 @@ def sample_sde_window(
     flow_grpo keeps deterministic because its near-data Gaussian is too sharp for stable log-probs.
 
     Example:
-
-    ```python
-    >>> sample_sde_window(15, window_size=3, window_range=(0, 7), generator=torch.Generator().manual_seed(0))
-    range(4, 7)
-    ```
+        >>> sample_sde_window(15, window_size=3, window_range=(0, 7), generator=torch.Generator().manual_seed(0))
+        range(4, 7)
     """
     if window_size == 0:
         return range(0, num_steps - 1)

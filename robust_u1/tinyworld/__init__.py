@@ -6,18 +6,15 @@ in seconds on a laptop, and check the paper's claims stage by stage without GPUs
 checkpoints).
 
 Example:
-
-```python
->>> from robust_u1.tinyworld import TinyWorld, corrupt_scene_image, load_tinyworld
->>> model, processor = load_tinyworld()  # the final (stage III) checkpoint
->>> scene = TinyWorld(seed=0).scene("test", 0)
->>> corrupted, _ = corrupt_scene_image(scene.render(), "mid", key=(0, 0))
->>> question = scene.question("color")
->>> result = model.answer(corrupted, question.text, options=list(question.options), recover_kwargs={"num_inference_steps": 20})
->>> result.option, question.answer  # the picked letter and the right one
->>> result.recovered_image.size
-(32, 32)
-```
+    >>> from robust_u1.tinyworld import TinyWorld, corrupt_scene_image, load_tinyworld
+    >>> model, processor = load_tinyworld()  # the final (stage III) checkpoint
+    >>> scene = TinyWorld(seed=0).scene("test", 0)
+    >>> corrupted, _ = corrupt_scene_image(scene.render(), "mid", key=(0, 0))
+    >>> question = scene.question("color")
+    >>> result = model.answer(corrupted, question.text, options=list(question.options), recover_kwargs={"num_inference_steps": 20})
+    >>> result.option, question.answer  # the picked letter and the right one
+    >>> result.recovered_image.size
+    (32, 32)
 """
 
 from __future__ import annotations
@@ -50,11 +47,8 @@ def load_tinyworld(stage: str = "final", dtype: torch.dtype = torch.float32) -> 
     """Loads a shipped TinyWorld checkpoint (offline) and returns ``(model, processor)``.
 
     Example:
-
-    ```python
-    >>> model, processor = load_tinyworld("sft")
-    >>> restored = model.recover(corrupted_image, num_inference_steps=20, progress=False)
-    ```
+        >>> model, processor = load_tinyworld("sft")
+        >>> restored = model.recover(corrupted_image, num_inference_steps=20, progress=False)
     """
     from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
 

@@ -38,12 +38,9 @@ def tinyworld_card(stage: str, recipe: TinyWorldRecipe, minutes: dict[str, float
     use it, how it was trained.
 
     Example:
-
-    ```python
-    >>> print(tinyworld_card("final", TinyWorldRecipe(), {"vae": 2.5})[:40])
-    ---
-    library_name: robust-u1
-    ```
+        >>> print(tinyworld_card("final", TinyWorldRecipe(), {"vae": 2.5})[:40])
+        ---
+        library_name: robust-u1
     """
     title, training = _STAGE_TEXT[stage]
     return render_card(

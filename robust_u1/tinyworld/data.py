@@ -6,13 +6,10 @@ Rows are plain dicts in the layouts the library's trainers read: recovery pairs 
 `build_reasoning_dataset` has added I_r).
 
 Example:
-
-```python
->>> world = TinyWorld(seed=0)
->>> pairs = recovery_pairs(world, count=8, seed=0)
->>> rows = question_rows(world, "train", count=8, levels=("clean",), seed=0)
->>> batch = TinyWorldCollator(processor, model.config)(rows[:2] + pairs[:2])
-```
+    >>> world = TinyWorld(seed=0)
+    >>> pairs = recovery_pairs(world, count=8, seed=0)
+    >>> rows = question_rows(world, "train", count=8, levels=("clean",), seed=0)
+    >>> batch = TinyWorldCollator(processor, model.config)(rows[:2] + pairs[:2])
 """
 
 from __future__ import annotations
@@ -40,12 +37,9 @@ def recovery_pairs(
     pre-training: the generator learns to copy whatever it is given).
 
     Example:
-
-    ```python
-    >>> pair = recovery_pairs(TinyWorld(0), count=1, seed=0)[0]
-    >>> sorted(pair)
-    ['image', 'target_image']
-    ```
+        >>> pair = recovery_pairs(TinyWorld(0), count=1, seed=0)[0]
+        >>> sorted(pair)
+        ['image', 'target_image']
     """
     scenes = world.scenes(split)
     rng = np.random.default_rng([seed, 11])
@@ -71,11 +65,8 @@ def question_rows(
     with ``all_questions``. ``clean_image`` keeps the uncorrupted image (for the clean oracle).
 
     Example:
-
-    ```python
-    >>> row = question_rows(TinyWorld(0), "train", count=1, levels=("mid",), seed=0)[0]
-    >>> row["question"], row["options"], row["answer"]
-    ```
+        >>> row = question_rows(TinyWorld(0), "train", count=1, levels=("mid",), seed=0)[0]
+        >>> row["question"], row["options"], row["answer"]
     """
     rng = np.random.default_rng([seed, 12])
     rows = []
@@ -100,11 +91,8 @@ class GuidanceDropoutCollator(RecoveryCollator):
     (the ``cfg_img`` context). Draws come from a seeded generator, so runs repeat exactly.
 
     Example:
-
-    ```python
-    >>> collator = GuidanceDropoutCollator(processor, model.config, text_dropout=0.1, image_dropout=0.1, seed=0)
-    >>> trainer = FlowMatchingTrainer(model, args, train_dataset=pairs, data_collator=collator)
-    ```
+        >>> collator = GuidanceDropoutCollator(processor, model.config, text_dropout=0.1, image_dropout=0.1, seed=0)
+        >>> trainer = FlowMatchingTrainer(model, args, train_dataset=pairs, data_collator=collator)
     """
 
     def __init__(self, processor, config, text_dropout: float, image_dropout: float, seed: int):
@@ -139,11 +127,8 @@ class TinyWorldCollator:
     forward's frozen-VAE encode (TinyWorld images share one size).
 
     Example:
-
-    ```python
-    >>> collator = TinyWorldCollator(processor, model.config, guidance_dropout=0.1, seed=0)
-    >>> model(**collator([question_row, question_row_with_recovery, recovery_pair])).loss
-    ```
+        >>> collator = TinyWorldCollator(processor, model.config, guidance_dropout=0.1, seed=0)
+        >>> model(**collator([question_row, question_row_with_recovery, recovery_pair])).loss
     """
 
     def __init__(self, processor, config, guidance_dropout: float = 0.0, seed: int = 0):

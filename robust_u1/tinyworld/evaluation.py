@@ -5,13 +5,10 @@ prompts (`build_mcq_prompt`), image order [I_c, I_r, prompt] and greedy decoding
 one batched `generate` call; recovery uses one seeded generator per row (`recover_rows`).
 
 Example:
-
-```python
->>> model, processor = load_tinyworld()
->>> rows = question_rows(TinyWorld(0), "test", count=30, levels=("mid",), seed=0)
->>> recovered = recover_rows(model, [row["image"] for row in rows], seed=0)
->>> accuracy(answer_rows(model, rows, recovered), rows)
-```
+    >>> model, processor = load_tinyworld()
+    >>> rows = question_rows(TinyWorld(0), "test", count=30, levels=("mid",), seed=0)
+    >>> recovered = recover_rows(model, [row["image"] for row in rows], seed=0)
+    >>> accuracy(answer_rows(model, rows, recovered), rows)
 """
 
 from __future__ import annotations
@@ -23,8 +20,8 @@ import torch
 from PIL import Image
 
 from ..evaluation.options import extract_option
-from ..evaluation.prompts import build_mcq_prompt
 from ..evaluation.recovery import recovery_metrics
+from ..prompting import build_mcq_prompt
 from ..trainers.utils import sample_generator
 from .training import RECOVER_KWARGS
 from .world import LEVELS, TinyWorld, corrupt_scene_image
@@ -42,12 +39,9 @@ def recover_rows(
     generator of ``(seed, i)``, so results do not depend on ``batch_size``.
 
     Example:
-
-    ```python
-    >>> restored = recover_rows(model, [corrupted_a, corrupted_b], seed=0)
-    >>> [image.size for image in restored]
-    [(32, 32), (32, 32)]
-    ```
+        >>> restored = recover_rows(model, [corrupted_a, corrupted_b], seed=0)
+        >>> [image.size for image in restored]
+        [(32, 32), (32, 32)]
     """
     settings = {**RECOVER_KWARGS, **recover_kwargs}
     recovered: list[Image.Image] = []
@@ -73,11 +67,8 @@ def answer_rows(
     otherwise over [I_c, Q] (``recover=False``); ``image_key`` selects the input image column.
 
     Example:
-
-    ```python
-    >>> answer_rows(model, rows, image_key="clean_image")[:3]  # the clean oracle
-    ['A', 'C', None]
-    ```
+        >>> answer_rows(model, rows, image_key="clean_image")[:3]  # the clean oracle
+        ['A', 'C', None]
     """
     letters: list[str | None] = []
     for start in range(0, len(rows), batch_size):
@@ -97,11 +88,8 @@ def accuracy(letters: Sequence[str | None], rows: Sequence[Mapping[str, Any]]) -
     """Share of rows whose picked letter is the answer.
 
     Example:
-
-    ```python
-    >>> accuracy(["A", None], [{"answer": "A"}, {"answer": "B"}])
-    0.5
-    ```
+        >>> accuracy(["A", None], [{"answer": "A"}, {"answer": "B"}])
+        0.5
     """
     return sum(letter == row["answer"] for letter, row in zip(letters, rows)) / len(rows)
 
@@ -120,10 +108,7 @@ def recovery_table(
     chosen on the validation split; the test split is only reported.)
 
     Example:
-
-    ```python
-    >>> recovery_table({"sft": sft_model}, TinyWorld(0), num_images=8, levels=("mid",))["mid"]["sft"]["psnr"]
-    ```
+        >>> recovery_table({"sft": sft_model}, TinyWorld(0), num_images=8, levels=("mid",))["mid"]["sft"]["psnr"]
     """
     scenes = world.scenes(split, num_images)
     clean = [scene.render() for scene in scenes]
@@ -152,10 +137,7 @@ def mcq_table(
     recovery) and the clean oracle (``final`` on the clean image alone).
 
     Example:
-
-    ```python
-    >>> mcq_table(base, final, TinyWorld(0), num_questions=40, levels=("mid",))["mid"]["final_with_recovery"]
-    ```
+        >>> mcq_table(base, final, TinyWorld(0), num_questions=40, levels=("mid",))["mid"]["final_with_recovery"]
     """
     pairs = world.test_questions(split, count=num_questions)
     rows = [

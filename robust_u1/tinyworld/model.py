@@ -8,12 +8,9 @@ Sizes (chosen so that the whole three-stage recipe trains in minutes on two CPU 
   BAGEL's 2×2 latent patches an image is 4×4 = 16 generation tokens of 16 numbers.
 
 Example:
-
-```python
->>> model, processor = new_tinyworld_model(seed=0)  # random weights, TinyWorld shapes
->>> model.num_parameters() < 5_000_000
-True
-```
+    >>> model, processor = new_tinyworld_model(seed=0)  # random weights, TinyWorld shapes
+    >>> model.num_parameters() < 5_000_000
+    True
 """
 
 from __future__ import annotations
@@ -43,12 +40,9 @@ def tinyworld_processor() -> RobustU1Processor:
     images pass through unchanged).
 
     Example:
-
-    ```python
-    >>> processor = tinyworld_processor()
-    >>> processor.image_processor.resize(Image.new("RGB", (640, 480)), "vae").size
-    (32, 24)
-    ```
+        >>> processor = tinyworld_processor()
+        >>> processor.image_processor.resize(Image.new("RGB", (640, 480)), "vae").size
+        (32, 24)
     """
     image_processor = RobustU1ImageProcessor(
         vae_max_size=IMAGE_SIZE, vae_min_size=IMAGE_SIZE, vae_stride=PIXELS_PER_LATENT_TOKEN,
@@ -61,12 +55,9 @@ def tinyworld_config(processor: RobustU1Processor) -> RobustU1Config:
     """The model configuration for ``processor``'s tokenizer.
 
     Example:
-
-    ```python
-    >>> config = tinyworld_config(tinyworld_processor())
-    >>> config.latent_channels, config.max_latent_size
-    (4, 4)
-    ```
+        >>> config = tinyworld_config(tinyworld_processor())
+        >>> config.latent_channels, config.max_latent_size
+        (4, 4)
     """
     tokenizer = processor.tokenizer
     ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
@@ -102,12 +93,9 @@ def new_tinyworld_model(seed: int = 0) -> tuple[RobustU1ForConditionalGeneration
     """A randomly initialised TinyWorld model and its processor (the starting point of training).
 
     Example:
-
-    ```python
-    >>> model, processor = new_tinyworld_model(seed=0)
-    >>> model.config.text_config.hidden_size
-    128
-    ```
+        >>> model, processor = new_tinyworld_model(seed=0)
+        >>> model.config.text_config.hidden_size
+        128
     """
     from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
 

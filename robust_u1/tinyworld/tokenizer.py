@@ -1,5 +1,5 @@
 """The TinyWorld tokenizer: a word-level `tokenizers` model over the world's words and the prompts of
-`robust_u1.evaluation.prompts`, plus BAGEL's special tokens and the answer / think tags.
+`robust_u1.prompting`, plus BAGEL's special tokens and the answer / think tags.
 
 Words are split on whitespace and punctuation (``\\w+|[^\\w\\s]+``), so newlines are not tokens and
 decoding joins words with spaces (``"Question : Which shape is red ?"``); the answer parsers only
@@ -7,14 +7,11 @@ need the letters and the tags, which survive. ``<think>``, ``</think>``, ``<ANSW
 ``</ANSWER>`` are ordinary added tokens, so ``decode(..., skip_special_tokens=True)`` keeps them.
 
 Example:
-
-```python
->>> tokenizer = tinyworld_tokenizer()
->>> tokenizer.convert_ids_to_tokens(tokenizer.encode("Which shape is red?", add_special_tokens=False))
-['Which', 'shape', 'is', 'red', '?']
->>> unknown_words(RECOVERY_PROMPT)
-[]
-```
+    >>> tokenizer = tinyworld_tokenizer()
+    >>> tokenizer.convert_ids_to_tokens(tokenizer.encode("Which shape is red?", add_special_tokens=False))
+    ['Which', 'shape', 'is', 'red', '?']
+    >>> unknown_words(RECOVERY_PROMPT)
+    []
 """
 
 from __future__ import annotations
@@ -24,8 +21,7 @@ from itertools import product
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from ..evaluation.prompts import RECOVERY_PROMPT, build_mcq_prompt, build_open_prompt
-from ..generation_robust_u1 import THINK_SYSTEM_PROMPT
+from ..prompting import RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, build_mcq_prompt, build_open_prompt
 from ..tiny import SPECIAL_TOKENS
 from .world import COLORS, COUNT_WORDS, OPTION_LETTERS, POSITIONS, SHAPES
 
@@ -39,11 +35,8 @@ def world_texts() -> list[str]:
     the MCQ / open-question layouts (with and without recovery) and BAGEL's think system prompt.
 
     Example:
-
-    ```python
-    >>> RECOVERY_PROMPT in world_texts()
-    True
-    ```
+        >>> RECOVERY_PROMPT in world_texts()
+        True
     """
     texts = [RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, *OPTION_LETTERS, *COUNT_WORDS, *POSITIONS]
     for recover in (False, True):
@@ -68,11 +61,8 @@ def tinyworld_tokenizer() -> PreTrainedTokenizerFast:
     """The word-level tokenizer (deterministic: words sorted, special and tag tokens appended last).
 
     Example:
-
-    ```python
-    >>> tinyworld_tokenizer().tokenize("Which shape is red?")
-    ['Which', 'shape', 'is', 'red', '?']
-    ```
+        >>> tinyworld_tokenizer().tokenize("Which shape is red?")
+        ['Which', 'shape', 'is', 'red', '?']
     """
     words = sorted({word for text in world_texts() for word in _words(text)} - set(TAG_TOKENS) - {"<", ">", "</"})
     vocab = {UNKNOWN_TOKEN: 0, **{word: index + 1 for index, word in enumerate(words)}}
@@ -90,11 +80,8 @@ def unknown_words(text: str, tokenizer: PreTrainedTokenizerFast | None = None) -
     """Words of ``text`` that the tokenizer maps to ``[UNK]`` (an empty list means full coverage).
 
     Example:
-
-    ```python
-    >>> unknown_words("Which dog is red?")
-    ['dog']
-    ```
+        >>> unknown_words("Which dog is red?")
+        ['dog']
     """
     tokenizer = tokenizer or tinyworld_tokenizer()
     encoding = tokenizer._tokenizer.encode(text, add_special_tokens=False)

@@ -20,11 +20,8 @@ stage III (reasoning)  `build_reasoning_dataset` (I_r from the RL model) + stand
 =====================  =====================================================================
 
 Example:
-
-```python
->>> recipe = TinyWorldRecipe()
->>> checkpoints = train_tinyworld(recipe, "runs/tinyworld")  # {"base": path, "sft": …, "rl": …, "final": …}
-```
+    >>> recipe = TinyWorldRecipe()
+    >>> checkpoints = train_tinyworld(recipe, "runs/tinyworld")  # {"base": path, "sft": …, "rl": …, "final": …}
 """
 
 from __future__ import annotations
@@ -76,10 +73,7 @@ class TinyWorldRecipe:
     """Every setting of a from-scratch TinyWorld run (the shipped checkpoints use these defaults).
 
     Example:
-
-    ```python
-    >>> quick = TinyWorldRecipe(sft_steps=200, rl_steps=10)  # a shorter run; every other setting as shipped
-    ```
+        >>> quick = TinyWorldRecipe(sft_steps=200, rl_steps=10)  # a shorter run; every other setting as shipped
     """
 
     seed: int = 0
@@ -235,11 +229,8 @@ def save_stage(model: Model, processor: Processor, folder: str | Path, card: str
     """Saves a stage checkpoint (safetensors, processor files, model card README.md).
 
     Example:
-
-    ```python
-    >>> save_stage(model, processor, "runs/tinyworld/sft", tinyworld_card("sft", TinyWorldRecipe(), minutes))
-    PosixPath('runs/tinyworld/sft')
-    ```
+        >>> save_stage(model, processor, "runs/tinyworld/sft", tinyworld_card("sft", TinyWorldRecipe(), minutes))
+        PosixPath('runs/tinyworld/sft')
     """
     folder = Path(folder)
     model.save_pretrained(folder)
@@ -259,13 +250,10 @@ def train_tinyworld(
     are logged and passed to the cards.
 
     Example:
-
-    ```python
-    >>> from robust_u1.tinyworld.card import tinyworld_card
-    >>> paths = train_tinyworld(TinyWorldRecipe(), "runs/tinyworld", tinyworld_card)
-    >>> paths["final"]
-    PosixPath('runs/tinyworld/final')
-    ```
+        >>> from robust_u1.tinyworld.card import tinyworld_card
+        >>> paths = train_tinyworld(TinyWorldRecipe(), "runs/tinyworld", tinyworld_card)
+        >>> paths["final"]
+        PosixPath('runs/tinyworld/final')
     """
     output_dir = Path(output_dir)
     world = TinyWorld(recipe.seed)

@@ -7,16 +7,13 @@ never overlap. 32×32 keeps a whole from-scratch run within minutes on two CPU c
 16 generation tokens (8×8 latent, 2×2 patches) and 16 ViT tokens (8-pixel patches).
 
 Example:
-
-```python
->>> world = TinyWorld(seed=0)
->>> scene = world.scene("test", 0)
->>> image = scene.render()
->>> question = scene.questions()[0]
->>> question.text, question.options, question.answer
-('How many shapes are there?', ('one', 'two', 'three', 'four'), 'A')
->>> corrupted, name = corrupt_scene_image(image, "mid", key=(0, 0))
-```
+    >>> world = TinyWorld(seed=0)
+    >>> scene = world.scene("test", 0)
+    >>> image = scene.render()
+    >>> question = scene.questions()[0]
+    >>> question.text, question.options, question.answer
+    ('How many shapes are there?', ('one', 'two', 'three', 'four'), 'A')
+    >>> corrupted, name = corrupt_scene_image(image, "mid", key=(0, 0))
 """
 
 from __future__ import annotations
@@ -111,11 +108,8 @@ class Scene:
         """The RGB image of the scene.
 
         Example:
-
-        ```python
-        >>> TinyWorld(0).scene("train", 3).render().size
-        (32, 32)
-        ```
+            >>> TinyWorld(0).scene("train", 3).render().size
+            (32, 32)
         """
         scale = size * _SUPERSAMPLING / IMAGE_SIZE
         canvas = Image.new("RGB", (size * _SUPERSAMPLING,) * 2, self.background)
@@ -136,11 +130,8 @@ class Scene:
         """What the scene shows, quadrant by quadrant: the first sentence of every reasoning.
 
         Example:
-
-        ```python
-        >>> TinyWorld(0).scene("test", 0).description()
-        'I see a yellow circle at the top right.'
-        ```
+            >>> TinyWorld(0).scene("test", 0).description()
+            'I see a yellow circle at the top right.'
         """
         parts = [f"a {o.color} {o.shape} at the {o.position}" for o in self.objects]
         listed = parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
@@ -155,11 +146,8 @@ class Scene:
         followed by that fact. Both keep the task learnable by a 2 M-parameter model in minutes.
 
         Example:
-
-        ```python
-        >>> [q.kind for q in TinyWorld(0).scene("train", 0).questions()][:2]
-        ['count', 'color']
-        ```
+            >>> [q.kind for q in TinyWorld(0).scene("train", 0).questions()][:2]
+            ['count', 'color']
         """
         description = self.description()
         count = len(self.objects)
@@ -182,11 +170,8 @@ class Scene:
         """The first question of ``kind`` (a count question is always available).
 
         Example:
-
-        ```python
-        >>> TinyWorld(0).scene("test", 5).question("position").kind
-        'position'
-        ```
+            >>> TinyWorld(0).scene("test", 5).question("position").kind
+            'position'
         """
         matching = [q for q in self.questions() if q.kind == kind]
         return matching[0] if matching else self.questions()[0]
@@ -200,13 +185,10 @@ class TinyWorld:
     """The procedural world of one seed: fixed train / validation / test splits of scenes.
 
     Example:
-
-    ```python
-    >>> world = TinyWorld(seed=0)
-    >>> len(world.scenes("test")), world.scenes("test")[0].render().size
-    (400, (32, 32))
-    >>> rows = world.test_questions(count=30)  # one question per scene, kinds in rotation
-    ```
+        >>> world = TinyWorld(seed=0)
+        >>> len(world.scenes("test")), world.scenes("test")[0].render().size
+        (400, (32, 32))
+        >>> rows = world.test_questions(count=30)  # one question per scene, kinds in rotation
     """
 
     def __init__(self, seed: int = 0):
@@ -216,11 +198,8 @@ class TinyWorld:
         """Scene ``index`` of ``split`` ("train", "validation" or "test").
 
         Example:
-
-        ```python
-        >>> TinyWorld(0).scene("test", 0).description()
-        'I see a yellow circle at the top right.'
-        ```
+            >>> TinyWorld(0).scene("test", 0).description()
+            'I see a yellow circle at the top right.'
         """
         if split not in SPLIT_SIZES:
             raise ValueError(f"Unknown split {split!r}; expected one of {sorted(SPLIT_SIZES)}.")
@@ -247,11 +226,8 @@ class TinyWorld:
         """The first ``count`` scenes of a split (all by default).
 
         Example:
-
-        ```python
-        >>> len(TinyWorld(0).scenes("validation")), len(TinyWorld(0).scenes("train", 8))
-        (200, 8)
-        ```
+            >>> len(TinyWorld(0).scenes("validation")), len(TinyWorld(0).scenes("train", 8))
+            (200, 8)
         """
         return [self.scene(split, i) for i in range(SPLIT_SIZES[split] if count is None else count)]
 
@@ -260,11 +236,8 @@ class TinyWorld:
         is equally represented in any prefix of the list.
 
         Example:
-
-        ```python
-        >>> [question.kind for _, question in TinyWorld(0).test_questions(count=4)]
-        ['count', 'color', 'shape', 'position']
-        ```
+            >>> [question.kind for _, question in TinyWorld(0).test_questions(count=4)]
+            ['count', 'color', 'shape', 'position']
         """
         return [
             (scene, scene.question(QUESTION_KINDS[scene.index % len(QUESTION_KINDS)]))
@@ -278,12 +251,9 @@ def corrupt_scene_image(image: Image.Image, level: str, key: Sequence[int]) -> t
     at every level, so levels differ only in strength.
 
     Example:
-
-    ```python
-    >>> corrupted, name = corrupt_scene_image(TinyWorld(0).scene("test", 0).render(), "high", key=(0, 0))
-    >>> name
-    'imagenet_c/gaussian_noise'
-    ```
+        >>> corrupted, name = corrupt_scene_image(TinyWorld(0).scene("test", 0).render(), "high", key=(0, 0))
+        >>> name
+        'imagenet_c/gaussian_noise'
     """
     if level not in _LEVEL_IDS:
         raise ValueError(f"Unknown level {level!r}; expected one of {LEVELS}.")

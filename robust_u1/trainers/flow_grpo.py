@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import Sampler
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
@@ -29,6 +27,7 @@ from .flow_matching import _check_finite
 from .utils import (
     ImageBoundsArguments,
     TrainingSafetyCallback,
+    load_model_and_processor,
     model_for_calls,
     prepare_model_for_training,
     raise_if_non_finite_loss,
@@ -46,43 +45,90 @@ ROLLOUT_RECOVERY_DEFAULTS: dict[str, Any] = {"num_inference_steps": 16}
 @dataclass
 class FlowGRPOConfig(ImageBoundsArguments, RecoveryOverrides, TrainingArguments):
     r"""
-    Configuration of [`FlowGRPOTrainer`] (stage II). TRL's names where the concept is the same.
+    Configuration class for the [`FlowGRPOTrainer`] (stage II of Robust-U1: Flow-GRPO on the recovery sampler).
+
+    Only the parameters specific to Flow-GRPO are listed; every other argument is a
+    [`~transformers.TrainingArguments`] one. Names are those of TRL's [`~trl.GRPOConfig`] where the concept is
+    the same; defaults follow flow_grpo's BAGEL template (yifan123/flow_grpo, ``config/base.py`` and
+    ``config/grpo.py``) or the official Robust-U1 code, as each entry says.
 
     Parameters:
-        num_generations (`int`, defaults to `16`): rollouts G per corrupted image (flow_grpo's BAGEL
-            template). ``per_device_train_batch_size`` (default 16: one image's G rollouts) counts
-            rollouts and must be a multiple of G.
-        beta (`float`, defaults to `0.0`): KL weight against the model with its adapter disabled
-            (flow_grpo's BAGEL template uses 0; > 0 needs a ``peft_config``).
-        epsilon (`float`, defaults to `1e-4`): lower clip range of the policy ratio (flow_grpo: 1e-4).
-        epsilon_high (`float` or `None`, defaults to `None`): upper clip range; None = ``epsilon``.
-        num_iterations (`int`, defaults to `1`): optimisation steps per generated batch (TRL's μ).
-        scale_rewards (`str`, defaults to `"group"`): ``"group"``, ``"batch"`` or ``"none"`` (TRL).
-        reward_weights (`list[float]` or `None`): weight per reward function; None = all 1
-            (the official pair `official_rewards()` uses SSIM 1.0, CLIP 0.2).
-        adv_clip_max (`float`, defaults to `5.0`): advantages are clipped to ±adv_clip_max (flow_grpo).
-        log_completions (`bool`, defaults to `False`): log corrupted / recovered / clean images as a
-            table (wandb) every logging step.
-        recovery_config (`RecoveryConfig`, `dict`, `str` or `None`): the sampling settings of the rollouts
-            and of the recomputation in the loss (schedule and guidance), as `recover()` uses them; a
-            path names a ``recovery_config.json`` or a model folder holding one. None: `RecoveryConfig`'s
-            defaults (the Robust-U1 demo's) with ``num_inference_steps=16``
-            (``ROLLOUT_RECOVERY_DEFAULTS``, flow_grpo's BAGEL template: 15 denoising steps).
-        num_inference_steps, sampling_shift, cfg_text_scale, cfg_img_scale, cfg_interval, cfg_renorm_type,
-            cfg_renorm_min (`None` by default): per-field overrides of ``recovery_config`` (what the
-            command line sets); after initialisation they hold the resolved values.
-        noise_level (`float`, defaults to `0.7`): SDE noise level a (official Robust-U1 code).
-        sde_type (`str`, defaults to `"sde"`): ``"sde"`` (Flow-GRPO) or ``"cps"``.
-        sde_window_size (`int`, defaults to `1`): SDE (trained) steps per rollout; official Robust-U1: 1.
-        sde_window_range (`list[int]`, defaults to `(0, 5)`): where the window may start and end
-            (official Robust-U1: a window of 1 in (0, 5)).
-        sample_posterior (`bool`, defaults to `True`): encode the corrupted image with a posterior
-            sample (BAGEL) rather than its mode.
-        vae_max_size, vae_min_size, vit_max_size, vit_min_size (`int` or `None`): image size bounds;
-            None keeps the processor's.
+        > Parameters that control the rollouts (generation)
 
-    All G rollouts of an image run on one device (their context is prefilled once there), so
-    G bounds the per-device memory; flow_grpo and TRL instead spread a group over processes.
+        num_generations (`int`, *optional*, defaults to `16`):
+            Rollouts G per corrupted image: flow_grpo's BAGEL template. ``per_device_train_batch_size`` counts
+            rollouts and must be a multiple of G (its default here is 16: one image's rollouts per device). All G
+            rollouts of an image run on one device (their context is prefilled once there), so G bounds the
+            per-device memory; flow_grpo and TRL instead spread a group over processes.
+        recovery_config (`RecoveryConfig`, `dict`, `str` or `None`, *optional*, defaults to `None`):
+            The sampling settings of the rollouts and of the recomputation in the loss (schedule and guidance),
+            as `recover()` uses them; a path names a ``recovery_config.json`` or a model folder holding one.
+            None: `RecoveryConfig`'s defaults (the Robust-U1 demo's: sampling shift 3.0, which is also
+            flow_grpo's ``train.timestep_shift = 3.0  # for bagel``; guidance 4.0 / 2.0, ``text_channel``) with
+            ``num_inference_steps=16`` (``ROLLOUT_RECOVERY_DEFAULTS``: 16 schedule points = 15 denoising steps,
+            flow_grpo's BAGEL template; `recover` uses 50).
+        num_inference_steps, sampling_shift, cfg_text_scale, cfg_img_scale, cfg_interval, cfg_renorm_type, cfg_renorm_min (*optional*, defaults to `None`):
+            Per-field overrides of ``recovery_config`` (what the command line sets); after initialisation they
+            hold the resolved values.
+        noise_level (`float`, *optional*, defaults to `0.7`):
+            SDE noise level a of the window steps: the official Robust-U1 code and flow_grpo's
+            ``sample.noise_level``.
+        sde_type (`str`, *optional*, defaults to `"sde"`):
+            ``"sde"`` (Flow-GRPO's SDE step) or ``"cps"`` (flow_grpo's coefficient-preserving variant).
+        sde_window_size (`int`, *optional*, defaults to `1`):
+            SDE (trained) steps per rollout; the others are ODE steps. Official Robust-U1 code: 1 (flow_grpo's
+            generic default is 2).
+        sde_window_range (`list[int]`, *optional*, defaults to `(0, 5)`):
+            Where the window may start and end, as step indices: the official Robust-U1 code's (0, 5).
+        sample_posterior (`bool`, *optional*, defaults to `True`):
+            Encode the corrupted image with a sample of the VAE posterior rather than its mode, as BAGEL does.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            Log corrupted / recovered / clean images as a table (wandb) every logging step (TRL's name).
+
+        > Parameters that control the rewards and advantages
+
+        reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+            Weight of each reward function; None weighs all by 1. The official pair
+            (`robust_u1.rewards.official_rewards`) uses SSIM 1.0 and CLIP 0.2.
+        scale_rewards (`str`, *optional*, defaults to `"group"`):
+            How advantages ``r - mean_group`` are scaled: ``"group"`` divides by the std of the image's G
+            rewards, ``"batch"`` by the std of all rewards of the step (gathered over processes), ``"none"`` does
+            not divide (TRL's options). flow_grpo's recipe divides by the global std (``sample.global_std =
+            True``, ``PerPromptStatTracker`` in ``flow_grpo/stat_tracking.py``): pass ``"batch"`` to reproduce it.
+            The default is TRL's ``"group"`` because a recovery step mixes corruptions whose reward spreads
+            differ widely (the rollouts of a mild blur score almost alike, those of heavy noise do not): the
+            global std would shrink the advantages of the images with the least spread towards zero, while the
+            group std gives every image the same advantage scale. Both use the population std plus 1e-4, as
+            flow_grpo (`robust_u1.flow_grpo_math.grpo_advantages`).
+        adv_clip_max (`float`, *optional*, defaults to `5.0`):
+            Advantages are clipped to ±adv_clip_max: flow_grpo's ``train.adv_clip_max``.
+
+        > Parameters that control the training (loss)
+
+        beta (`float`, *optional*, defaults to `0.0`):
+            KL weight against the same model with its LoRA adapter disabled (no second model in memory); 0 in
+            flow_grpo's BAGEL template (``train.beta``). Greater than 0 needs a ``peft_config``.
+        epsilon (`float`, *optional*, defaults to `1e-4`):
+            Lower clip range of the policy ratio: flow_grpo's ``train.clip_range``.
+        epsilon_high (`float` or `None`, *optional*, defaults to `None`):
+            Upper clip range; None uses ``epsilon`` (TRL's name).
+        num_iterations (`int`, *optional*, defaults to `1`):
+            Optimisation steps per generated batch (TRL's μ; flow_grpo's ``train.num_inner_epochs``).
+        per_device_train_batch_size (`int`, *optional*, defaults to `16`):
+            Overrides [`~transformers.TrainingArguments`]' 8, which is not a multiple of the default G = 16.
+        learning_rate (`float`, *optional*, defaults to `1e-4`):
+            Overrides [`~transformers.TrainingArguments`]' 5e-5: flow_grpo's BAGEL template.
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Overrides [`~transformers.TrainingArguments`]: reward functions receive every dataset column (e.g.
+            ``target_image``), as in TRL's GRPOConfig.
+        logging_steps (`float`, *optional*, defaults to `1`):
+            Overrides [`~transformers.TrainingArguments`]: a step generates G rollouts per image and is slow
+            enough to log every time.
+
+        > Parameters that control the image sizes
+
+        vae_max_size, vae_min_size, vit_max_size, vit_min_size (`int` or `None`, *optional*, defaults to `None`):
+            Image size bounds set on the processor; None keeps the processor's (VAE 1024/512, ViT 980/224).
     """
 
     num_generations: int = field(default=16, metadata={"help": "Rollouts per corrupted image (G)."})
@@ -162,26 +208,6 @@ class FlowGRPOConfig(ImageBoundsArguments, RecoveryOverrides, TrainingArguments)
         return values
 
 
-class RepeatSampler(Sampler):
-    """Each dataset index ``repeats`` times in a row (the G rollouts of one image), in a seeded shuffled order."""
-
-    def __init__(self, data_source, repeats: int, seed: int = 0, shuffle: bool = True):
-        self.data_source, self.repeats, self.seed, self.shuffle = data_source, repeats, seed, shuffle
-        self.epoch = 0
-
-    def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(len(self.data_source), generator=generator).tolist()
-        else:
-            order = list(range(len(self.data_source)))
-        self.epoch += 1
-        return (index for index in order for _ in range(self.repeats))
-
-    def __len__(self) -> int:
-        return len(self.data_source) * self.repeats
-
-
 @dataclass
 class Rollouts:
     """A generated batch: the window steps of every rollout with their old log-probs, and advantages."""
@@ -217,16 +243,13 @@ class FlowGRPOTrainer(Trainer):
             the reference being the same model with the adapter disabled.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import FlowGRPOConfig, FlowGRPOTrainer, generation_lora_config
-    >>> from robust_u1.rewards import official_rewards
-    >>> rewards, weights = official_rewards()
-    >>> args = FlowGRPOConfig("robust-u1-rl", num_generations=16, per_device_train_batch_size=16, reward_weights=weights)
-    >>> trainer = FlowGRPOTrainer("Jiaqi-hkust/Robust-U1-SFT", rewards, args, train_dataset=pairs,
-    ...                           peft_config=generation_lora_config())
-    >>> trainer.train()
-    ```
+        >>> from robust_u1 import FlowGRPOConfig, FlowGRPOTrainer, generation_lora_config
+        >>> from robust_u1.rewards import official_rewards
+        >>> rewards, weights = official_rewards()
+        >>> args = FlowGRPOConfig("robust-u1-rl", num_generations=16, per_device_train_batch_size=16, reward_weights=weights)
+        >>> trainer = FlowGRPOTrainer("Jiaqi-hkust/Robust-U1-SFT", rewards, args, train_dataset=pairs,
+        ...                           peft_config=generation_lora_config())
+        >>> trainer.train()
     """
 
     _tag_names = ["robust-u1", "flow-grpo", "image-restoration"]
@@ -249,14 +272,8 @@ class FlowGRPOTrainer(Trainer):
         callbacks=None,
         **kwargs,
     ):
-        from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
-
         args = args or FlowGRPOConfig("robust-u1-rl")
-        if isinstance(model, (str, os.PathLike)):
-            model = RobustU1ForConditionalGeneration.from_pretrained(model)
-        processing_class = processing_class or getattr(model, "processor", None)
-        if processing_class is None:
-            raise ValueError("FlowGRPOTrainer needs the model's processor: pass `processing_class=`.")
+        model, processing_class = load_model_and_processor(model, args, processing_class, type(self).__name__)
         if args.beta > 0 and peft_config is None:
             raise ValueError(
                 "beta > 0 needs a peft_config: the KL reference is the same model with its LoRA adapter disabled "
@@ -265,7 +282,6 @@ class FlowGRPOTrainer(Trainer):
         self.reward_funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         if args.reward_weights is not None and len(args.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"{len(self.reward_funcs)} reward functions but {len(args.reward_weights)} reward_weights.")
-        args.apply_image_bounds(processing_class)
         model = prepare_model_for_training(model, peft_config)
         callbacks = [TrainingSafetyCallback(), *(callbacks or [])]  # non-finite stop, interrupted checkpoints
         super().__init__(
@@ -278,7 +294,11 @@ class FlowGRPOTrainer(Trainer):
         self._logged_completions: list[dict[str, Any]] = []
 
     def _get_train_sampler(self, *args, **kwargs):
-        return RepeatSampler(self.train_dataset, self.args.num_generations, seed=self.args.seed)
+        # TRL's GRPO sampler: each image num_generations times in a row (one group per image), in a seeded
+        # shuffled order. Imported here: TRL costs about a second to import and only training needs it.
+        from trl.trainer.grpo_trainer import RepeatSampler
+
+        return RepeatSampler(self.train_dataset, mini_repeat_count=self.args.num_generations, seed=self.args.seed)
 
     # -- generation: rollouts, rewards, advantages ---------------------------------------------
 
@@ -339,7 +359,7 @@ class FlowGRPOTrainer(Trainer):
                         result.next_samples, result.log_probs, advantages, x)  # fmt: skip
 
     def _edit_inputs(self, examples) -> EditInputs:
-        from ..evaluation.prompts import RECOVERY_PROMPT
+        from ..prompting import RECOVERY_PROMPT
 
         prompts = [example.get("prompt") or RECOVERY_PROMPT for example in examples]
         return model_for_calls(self).prepare_edit_inputs([e["image"] for e in examples], prompts, self.processing_class)

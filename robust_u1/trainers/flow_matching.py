@@ -7,7 +7,6 @@ noisy clean latent x_t = (1 − t)·x₀ + t·ε, t = shift·σ(n)/(1 + (shift �
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +16,13 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 
 from ..collators import RecoveryCollator
-from ..evaluation.prompts import RECOVERY_PROMPT
+from ..prompting import RECOVERY_PROMPT
 from .utils import (
     EMACallback,
     EMAWeights,
     ImageBoundsArguments,
     TrainingSafetyCallback,
+    load_model_and_processor,
     model_for_calls,
     prepare_model_for_training,
     raise_if_non_finite_loss,
@@ -100,13 +100,10 @@ class FlowMatchingTrainer(Trainer):
     `transformers.Trainer` machinery.
 
     Example:
-
-    ```python
-    >>> from robust_u1 import FlowMatchingConfig, FlowMatchingTrainer
-    >>> args = FlowMatchingConfig("robust-u1-sft", per_device_train_batch_size=4, max_steps=1000)
-    >>> trainer = FlowMatchingTrainer("ByteDance-Seed/BAGEL-7B-MoT", args, train_dataset=pairs)
-    >>> trainer.train()
-    ```
+        >>> from robust_u1 import FlowMatchingConfig, FlowMatchingTrainer
+        >>> args = FlowMatchingConfig("robust-u1-sft", per_device_train_batch_size=4, max_steps=1000)
+        >>> trainer = FlowMatchingTrainer("ByteDance-Seed/BAGEL-7B-MoT", args, train_dataset=pairs)
+        >>> trainer.train()
     """
 
     _tag_names = ["robust-u1", "flow-matching", "image-restoration"]
@@ -128,15 +125,8 @@ class FlowMatchingTrainer(Trainer):
         callbacks=None,
         **kwargs,
     ):
-        from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
-
         args = args or FlowMatchingConfig("robust-u1-sft")
-        if isinstance(model, (str, os.PathLike)):
-            model = RobustU1ForConditionalGeneration.from_pretrained(model)
-        processing_class = processing_class or getattr(model, "processor", None)
-        if processing_class is None:
-            raise ValueError("FlowMatchingTrainer needs the model's processor: pass `processing_class=`.")
-        args.apply_image_bounds(processing_class)
+        model, processing_class = load_model_and_processor(model, args, processing_class, type(self).__name__)
         config = model.config
         model = prepare_model_for_training(model, peft_config, args.train_understanding)
         data_collator = data_collator or RecoveryCollator(processing_class, config, args.recovery_prompt, args.max_tokens_per_batch)

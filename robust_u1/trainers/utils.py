@@ -46,6 +46,37 @@ class ImageBoundsArguments:
                 setattr(processor.image_processor, name, getattr(self, name))
 
 
+def load_model_and_processor(model, args: ImageBoundsArguments | None, processing_class, trainer_name: str):
+    """The shared start of the trainers' ``__init__``: the model (loaded when given as a Hub id or folder)
+    and its processor, with the stage's image bounds applied to the processor.
+
+    Args:
+        model: a `RobustU1ForConditionalGeneration`, or a name / folder for ``from_pretrained``.
+        args: the trainer's config; its ``vae_*`` / ``vit_*`` size bounds are set on the processor.
+        processing_class: the processor; None takes the model's own (``model.processor``).
+        trainer_name: named in the error when there is no processor.
+
+    Returns:
+        ``(model, processing_class)``.
+
+    Raises:
+        ValueError: the model carries no processor and none was given.
+
+    Example:
+        >>> model, processor = load_model_and_processor("Jiaqi-hkust/Robust-U1", args, None, "FlowMatchingTrainer")  # doctest: +SKIP
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from ..modeling_robust_u1 import RobustU1ForConditionalGeneration
+
+        model = RobustU1ForConditionalGeneration.from_pretrained(model)
+    processing_class = processing_class or getattr(model, "processor", None)
+    if processing_class is None:
+        raise ValueError(f"{trainer_name} needs the model's processor: pass `processing_class=`.")
+    if args is not None:
+        args.apply_image_bounds(processing_class)
+    return model, processing_class
+
+
 def model_for_calls(trainer):
     """The model whose non-forward methods (encode, prefill, guided velocities…) a training step calls.
 
@@ -73,10 +104,7 @@ def generation_lora_config(r: int = 64, lora_alpha: int = 128, lora_dropout: flo
     """A `peft.LoraConfig` on the generation expert's projections (flow_grpo's BAGEL template: r 64, α 128).
 
     Example:
-
-    ```python
-    >>> trainer = FlowMatchingTrainer(model, args, train_dataset=ds, peft_config=generation_lora_config(r=16))
-    ```
+        >>> trainer = FlowMatchingTrainer(model, args, train_dataset=ds, peft_config=generation_lora_config(r=16))
     """
     from peft import LoraConfig
 
@@ -355,11 +383,8 @@ def is_complete_checkpoint(folder: str | os.PathLike) -> bool:
     missing or truncated was interrupted while being written.
 
     Example:
-
-    ```python
-    >>> is_complete_checkpoint("robust-u1-sft/checkpoint-400")
-    True
-    ```
+        >>> is_complete_checkpoint("robust-u1-sft/checkpoint-400")
+        True
     """
     state = Path(folder) / "trainer_state.json"
     try:
@@ -378,11 +403,8 @@ def set_aside_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path
     new paths (kept for inspection; they may be deleted).
 
     Example:
-
-    ```python
-    >>> set_aside_incomplete_checkpoints("robust-u1-sft")
-    [PosixPath('robust-u1-sft/incomplete-checkpoint-400')]
-    ```
+        >>> set_aside_incomplete_checkpoints("robust-u1-sft")
+        [PosixPath('robust-u1-sft/incomplete-checkpoint-400')]
     """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -420,11 +442,8 @@ class TrainingSafetyCallback(TrainerCallback):
     (stage III) with ``callbacks=[TrainingSafetyCallback()]``.
 
     Example:
-
-    ```python
-    >>> trainer = Trainer(model, args, train_dataset=rows, data_collator=collator, callbacks=[TrainingSafetyCallback()])
-    >>> trainer.train(resume_from_checkpoint=True)
-    ```
+        >>> trainer = Trainer(model, args, train_dataset=rows, data_collator=collator, callbacks=[TrainingSafetyCallback()])
+        >>> trainer.train(resume_from_checkpoint=True)
     """
 
     def on_init_end(self, args, state, control, **kwargs):
