@@ -41,6 +41,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
     "TextBlock": ".packing",
     "VitImageBlock": ".packing",
     "VaeImageBlock": ".packing",
+    "TokenLayoutPlanner": ".token_layout",
     "EditInputs": ".generation_robust_u1",
     "EditContexts": ".generation_robust_u1",
     "DenoiseOutput": ".generation_robust_u1",

@@ -460,12 +460,12 @@ class RobustU1GenerationMixin:
         Example:
             >>> model.check_edit_lengths(model.prepare_edit_inputs([image], processor=processor))
         """
-        stride, patch = self.config.pixels_per_latent_token, self.config.vision_config.patch_size
-        lengths = []
-        for vae, vit, ids in zip(inputs.vae_pixel_values, inputs.vit_pixel_values, inputs.prompt_ids):
-            latent_tokens = (vae.shape[1] // stride) * (vae.shape[2] // stride) + 2
-            vit_tokens = (vit.shape[1] // patch) * (vit.shape[2] // patch) + 2
-            lengths.append(2 * latent_tokens + vit_tokens + torch.as_tensor(ids).numel() + 2)
+        lengths = [
+            self.sequence_length(
+                [VaeImageBlock(pixel_values=vae), VitImageBlock(vit), TextBlock(ids), VaeImageBlock(pixel_values=vae, noisy=True)]
+            )
+            for vae, vit, ids in zip(inputs.vae_pixel_values, inputs.vit_pixel_values, inputs.prompt_ids)
+        ]
         self.check_sequence_lengths(lengths)
 
     @property

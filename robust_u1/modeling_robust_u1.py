@@ -28,7 +28,6 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer
 from transformers.utils import ModelOutput
 
 from .attention import (
-    PackedAttentionLayout,
     packed_flex_attention,
     packed_sdpa,
     resolve_attention_backend,
@@ -40,6 +39,7 @@ from .loading import module_execution_device
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .sampling.schedule import shift_timesteps
 from .taylorseer import TaylorSeerStep
+from .token_layout import TokenLayout, TokenLayoutPlanner, attention_layout_from_batch as _training_layout
 
 # ----------------------------------------------------------------------------------------------
 # Token layout helpers
@@ -784,53 +784,32 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             + self.latent_pos_embed(position_ids)
         )
 
-    def _embed_blocks(self, blocks: Sequence[Block], next_positions: Sequence[int]):
-        """Embeds one block per sequence into one packed query: embeddings, RoPE ids, expert mask, modes."""
+    def _embed_layout(self, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input embeddings, RoPE position ids and expert mask of a planned query (`TokenLayoutPlanner`):
+        text and image markers from the token table, ViT images through the ViT, latents at their time."""
+        if any(isinstance(p.block, VaeImageBlock) and p.block.tokens is None for p in layout.placements):
+            raise ValueError("The model takes VAE images as latent tokens: VaeImageBlock(*model.latent_to_tokens(latent)).")
         device = self.device
-        boi, eoi = self.config.start_of_image_token_id, self.config.end_of_image_token_id
-        bos, eos = self.config.bos_token_id, self.config.eos_token_id
-        side_latent = self.config.max_latent_size
-        embed_tokens = self.language_model.model.embed_tokens
-
-        vit_blocks = [b for b in blocks if isinstance(b, VitImageBlock)]
-        vit_embeds = self.embed_vit_images([b.pixel_values.to(device) for b in vit_blocks])[0] if vit_blocks else None
-        vit_offset = 0
-
-        embeds, positions, gen_masks, modes, advances = [], [], [], [], []
-        for block, position in zip(blocks, next_positions):
-            if isinstance(block, TextBlock):
-                ids = torch.as_tensor(block.ids, dtype=torch.long, device=device).flatten()
-                if block.wrap:
-                    ids = torch.cat([ids.new_tensor([bos]), ids, ids.new_tensor([eos])])
-                piece = embed_tokens(ids)
-                pos = position + torch.arange(len(ids), device=device)
-                gen = torch.zeros(len(ids), dtype=torch.bool, device=device)
-                mode, advance = "causal", len(ids)
-            else:
-                if isinstance(block, VitImageBlock):
-                    grid = block.pixel_values.shape[1] // self.config.vision_config.patch_size
-                    count = grid * (block.pixel_values.shape[2] // self.config.vision_config.patch_size)
-                    inner = vit_embeds[vit_offset : vit_offset + count]
-                    vit_offset += count
-                    gen_inner, mode = torch.zeros(count, dtype=torch.bool, device=device), "full"
-                else:
-                    count = block.tokens.shape[0]
-                    timesteps = torch.as_tensor(block.timestep, device=device, dtype=torch.float32).expand(count)
-                    inner = self.embed_latent_tokens(
-                        block.tokens.to(device), timesteps, grid_position_ids(block.grid, side_latent, device)
-                    )
-                    gen_inner, mode = torch.ones(count, dtype=torch.bool, device=device), "noise" if block.noisy else "full"
-                markers = embed_tokens(torch.tensor([boi, eoi], device=device))
-                piece = torch.cat([markers[:1], inner, markers[1:]])
-                pos = torch.full((count + 2,), position, device=device)
-                gen = torch.cat([gen_inner.new_zeros(1), gen_inner, gen_inner.new_zeros(1)])
-                advance = 0 if isinstance(block, VaeImageBlock) and block.noisy else 1
-            embeds.append(piece)
-            positions.append(pos)
-            gen_masks.append(gen)
-            modes.append(mode)
-            advances.append(advance)
-        return torch.cat(embeds), torch.cat(positions), torch.cat(gen_masks), modes, advances
+        as_index = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        text_embeds = self.language_model.model.embed_tokens(layout.text_ids.to(device))
+        if len(layout.text_indexes) == layout.num_tokens:  # text only (decoding steps, prompts): no scatter
+            gen_mask = torch.zeros(layout.num_tokens, dtype=torch.bool, device=device)
+            return text_embeds.to(self.dtype), as_index(layout.position_ids), gen_mask
+        embeds = torch.zeros(layout.num_tokens, self.text_config.hidden_size, device=device, dtype=self.dtype)
+        embeds[as_index(layout.text_indexes)] = text_embeds
+        vit_pixels = [p.block.pixel_values.to(device) for p in layout.placements if isinstance(p.block, VitImageBlock)]
+        if vit_pixels:
+            embeds[as_index(layout.vit_indexes)] = self.embed_vit_images(vit_pixels)[0]
+        for placement in layout.placements:
+            block = placement.block
+            if not isinstance(block, VaeImageBlock):
+                continue
+            count = block.tokens.shape[0]
+            timesteps = torch.as_tensor(block.timestep, device=device, dtype=torch.float32).expand(count)
+            position_ids = grid_position_ids(block.grid, self.config.max_latent_size, device)
+            content = placement.content
+            embeds[content.start : content.stop] = self.embed_latent_tokens(block.tokens.to(device), timesteps, position_ids)
+        return embeds, as_index(layout.position_ids), layout.gen_mask(device)
 
     # -- inference building blocks -------------------------------------------------------------
 
@@ -847,14 +826,15 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
             raise ValueError(f"Got {len(blocks)} blocks for a cache of {cache.batch_size} sequences.")
         lengths = self._block_lengths(blocks)
         self.check_sequence_lengths([cached + new for cached, new in zip(cache.lengths, lengths)])
-        embeds, positions, gen_mask, modes, advances = self._embed_blocks(blocks, cache.next_positions)
-        layout = PackedAttentionLayout.single_split(lengths, modes, cache_lens=cache.lengths)
+        plan = self.token_layout_planner.plan([[block] for block in blocks], cache.next_positions, device=self.device)
+        embeds, positions, gen_mask = self._embed_layout(plan)
+        layout = plan.attention_layout(cache_lens=cache.lengths)
         hidden = self.language_model.model(
             embeds.to(self.dtype), positions, gen_mask, layout, cache=cache, update_cache=update_cache,
             attention_backend=self.attention_backend, final_norm=final_norm,
         )  # fmt: skip
         if update_cache:
-            cache.next_positions = [p + a for p, a in zip(cache.next_positions, advances)]
+            cache.next_positions = plan.next_positions
         return hidden, gen_mask, lengths
 
     def check_sequence_lengths(self, lengths: Sequence[int], max_new_tokens: int = 0) -> None:
@@ -884,19 +864,16 @@ class RobustU1ForConditionalGeneration(RobustU1GenerationMixin, RobustU1PreTrain
 
     def sequence_length(self, blocks: Sequence[Block]) -> int:
         """Tokens that a sequence of blocks occupies in the decoder (markers and wrappers included)."""
-        return sum(self._block_lengths(blocks))
+        return self.token_layout_planner.sequence_length(blocks)
 
     def _block_lengths(self, blocks: Sequence[Block]) -> list[int]:
-        patch = self.config.vision_config.patch_size
-        lengths = []
-        for block in blocks:
-            if isinstance(block, TextBlock):
-                lengths.append(torch.as_tensor(block.ids).numel() + (2 if block.wrap else 0))
-            elif isinstance(block, VitImageBlock):
-                lengths.append((block.pixel_values.shape[1] // patch) * (block.pixel_values.shape[2] // patch) + 2)
-            else:
-                lengths.append(block.tokens.shape[0] + 2)
-        return lengths
+        planner = self.token_layout_planner
+        return [planner.num_tokens(block) for block in blocks]
+
+    @property
+    def token_layout_planner(self) -> TokenLayoutPlanner:
+        """BAGEL's token layout rules with this model's token ids and patch sizes (`robust_u1.token_layout`)."""
+        return TokenLayoutPlanner.from_config(self.config)
 
     def prefill(self, cache: RobustU1KVCache, blocks: Sequence[Block]) -> RobustU1KVCache:
         """Appends one block per sequence (text, ViT image or clean VAE image) to a context cache.
@@ -1050,32 +1027,6 @@ def _use_generic_bnb_cpu_kernel_where_needed(model: nn.Module) -> None:
         if getattr(module, "support_avx512bf16_for_cpu", False) and state is not None:
             if module.in_features % state.blocksize:
                 module.support_avx512bf16_for_cpu = False
-
-
-ATTN_MODE_NAMES = {0: "causal", 1: "full", 2: "noise"}
-
-
-def _training_layout(sample_lens, split_lens, attn_modes) -> PackedAttentionLayout:
-    """Per-sample splits of a packed training batch as a `PackedAttentionLayout`."""
-    sample_lens = [int(n) for n in torch.as_tensor(sample_lens).tolist()]
-    split_lens = [int(n) for n in torch.as_tensor(split_lens).tolist()]
-    if isinstance(attn_modes, torch.Tensor):
-        modes = [ATTN_MODE_NAMES[int(m)] for m in attn_modes.tolist()]
-    else:
-        modes = [ATTN_MODE_NAMES.get(m, m) if isinstance(m, int) else m for m in attn_modes]
-    splits_per_sample, index = [], 0
-    for sample_len in sample_lens:
-        count, covered = 0, 0
-        while covered < sample_len:
-            if index >= len(split_lens):
-                raise ValueError("split_lens do not add up to sample_lens.")
-            covered += split_lens[index]
-            index += 1
-            count += 1
-        if covered != sample_len:
-            raise ValueError(f"A sample of {sample_len} tokens does not end on a split boundary.")
-        splits_per_sample.append(count)
-    return PackedAttentionLayout(split_lens, modes, splits_per_sample)
 
 
 __all__ = [

@@ -1,11 +1,13 @@
-"""Interleaved input blocks (text, ViT image, VAE image) and the per-sequence KV cache."""
+"""The per-sequence KV cache of the packed decoder (the input blocks are in `robust_u1.token_layout`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+
+# The block types live with the layout rules; importable from here as before.
+from .token_layout import Block, TextBlock, VaeImageBlock, VitImageBlock
 
 
 class RobustU1KVCache:
@@ -69,34 +71,4 @@ class RobustU1KVCache:
         return torch.cat(self.keys[layer]), torch.cat(self.values[layer])
 
 
-@dataclass
-class TextBlock:
-    """Text token ids; ``wrap`` adds ``<|im_start|> … <|im_end|>`` as every BAGEL text piece has."""
-
-    ids: Sequence[int] | torch.Tensor
-    wrap: bool = True
-
-
-@dataclass
-class VitImageBlock:
-    """An image for the understanding path: normalised pixels [3, H, W], H and W multiples of the patch."""
-
-    pixel_values: torch.Tensor
-
-
-@dataclass
-class VaeImageBlock:
-    """Latent tokens of an image for the generation path.
-
-    ``tokens`` are [h·w, p·p·C] patches of the scaled latent on a ``grid`` of h×w tokens; a clean
-    context image has ``timestep=0``; a noisy query (``noisy=True``) is attended bidirectionally,
-    does not advance the RoPE position and is never written to the cache.
-    """
-
-    tokens: torch.Tensor
-    grid: tuple[int, int]
-    timestep: float | torch.Tensor = 0.0
-    noisy: bool = False
-
-
-Block = TextBlock | VitImageBlock | VaeImageBlock
+__all__ = ["Block", "RobustU1KVCache", "TextBlock", "VaeImageBlock", "VitImageBlock"]
