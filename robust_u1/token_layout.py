@@ -17,13 +17,10 @@ parity cases of ``tests/fixtures/bagel-tiny``) are written here once, in `TokenL
   token but the last, labelled with the next one); a noisy VAE image is the MSE target.
 
 Example:
-
-```python
->>> planner = TokenLayoutPlanner.from_config(model.config)
->>> layout = planner.plan([[VitImageBlock(vit_pixels), TextBlock(prompt_ids)]])
->>> layout.split_modes, layout.next_positions
-(['full', 'causal'], [1 + len(prompt_ids) + 2])
-```
+    >>> planner = TokenLayoutPlanner.from_config(model.config)
+    >>> layout = planner.plan([[VitImageBlock(vit_pixels), TextBlock(prompt_ids)]])
+    >>> layout.split_modes, layout.next_positions
+    (['full', 'causal'], [1 + len(prompt_ids) + 2])
 """
 
 from __future__ import annotations
@@ -163,12 +160,9 @@ class TokenLayoutPlanner:
     and by `robust_u1.collators.PackedBatchBuilder` (every training collator).
 
     Example:
-
-    ```python
-    >>> planner = TokenLayoutPlanner.from_config(model.config)
-    >>> planner.num_tokens(TextBlock([5, 6, 7]))
-    5
-    ```
+        >>> planner = TokenLayoutPlanner.from_config(model.config)
+        >>> planner.num_tokens(TextBlock([5, 6, 7]))
+        5
     """
 
     bos_token_id: int
@@ -282,11 +276,8 @@ def attention_layout_from_batch(sample_lens, split_lens, attn_modes) -> PackedAt
     ``attn_modes`` as ids or names), as produced by `PackedBatchBuilder` or the official ``PackedDataset``.
 
     Example:
-
-    ```python
-    >>> attention_layout_from_batch([5], [3, 2], [1, 0]).split_modes
-    ['full', 'causal']
-    ```
+        >>> attention_layout_from_batch([5], [3, 2], [1, 0]).split_modes
+        ['full', 'causal']
     """
     sample_lens = [int(n) for n in torch.as_tensor(sample_lens).tolist()]
     split_lens = [int(n) for n in torch.as_tensor(split_lens).tolist()]

@@ -36,6 +36,7 @@ MODEL_MODULES = (
     "robust_u1.sampling.schedule",
     "robust_u1.sampling.steps",
     "robust_u1.taylorseer",
+    "robust_u1.token_layout",
 )
 # Layers built on the model, which the model must not import.
 ABOVE_THE_MODEL = (
