@@ -21,6 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .packing import Block, RobustU1KVCache, TextBlock, VaeImageBlock, VitImageBlock
 from .configuration_recovery import GuidanceConfig, RecoveryConfig, resolve_recovery_config
+from .option_extraction import extract_option
 from .prompting import RECOVERY_PROMPT, THINK_SYSTEM_PROMPT, build_question_prompt, check_options, parse_reply
 from .sampling import EulerStep, StepRule, flow_timesteps, guided_velocity
 from .taylorseer import TaylorSeerCache, TaylorSeerConfig
@@ -771,7 +772,7 @@ class RobustU1GenerationMixin:
         return RobustAnswer(
             answer=text,
             reasoning=reasoning,
-            option=_extract_option(raw, options) if options else None,
+            option=extract_option(raw, options) if options else None,
             recovered_image=recovered if return_recovered else None,
             raw_text=raw,
         )
@@ -834,10 +835,3 @@ def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
     return ((tensor * 0.5 + 0.5).clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def _extract_option(reply: str, options: Sequence[str] | dict[str, str]) -> str | None:
-    # The VLMEvalKit option-letter rules are the benchmark scorer's (`robust_u1.evaluation.options`,
-    # standard library only); `answer` reports the same letter the scorer would count. Imported at call
-    # time: the only place the model reaches into the evaluation package.
-    from .evaluation.options import extract_option
-
-    return extract_option(reply, options)
