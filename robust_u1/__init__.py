@@ -10,8 +10,8 @@ Example:
 """
 
 import sys
-from importlib import import_module
-from typing import Any
+
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -74,14 +74,6 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        return getattr(import_module(_LAZY_ATTRIBUTES[name], __name__), name)
-    raise AttributeError(f"module 'robust_u1' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*_LAZY_ATTRIBUTES, "__version__"])
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_ATTRIBUTES, also_listed=["__version__"])
 
 __all__ = sorted(_LAZY_ATTRIBUTES)

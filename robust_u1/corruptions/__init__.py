@@ -17,8 +17,7 @@ for the corruptions themselves. Names are imported lazily, so the ``corrupt`` co
 (`robust_u1.corruptions.cli`) loads without numpy or scipy.
 """
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_attributes
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
     "LEVELS": ".levels",
@@ -46,15 +45,7 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        return getattr(import_module(_LAZY_ATTRIBUTES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(_LAZY_ATTRIBUTES)
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_ATTRIBUTES)
 
 __all__ = [
     "FAMILIES",

@@ -14,8 +14,7 @@ Example:
     >>> build_demo(*load_tinyworld()).launch()
 """
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_attributes
 
 _LAZY_ATTRIBUTES = {
     "build_demo": ".app",
@@ -31,10 +30,6 @@ _LAZY_ATTRIBUTES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        return getattr(import_module(_LAZY_ATTRIBUTES[name], __name__), name)
-    raise AttributeError(f"module 'robust_u1.demo' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_ATTRIBUTES)
 
 __all__ = sorted(_LAZY_ATTRIBUTES)

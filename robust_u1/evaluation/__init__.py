@@ -12,8 +12,7 @@ Example:
 Names are imported lazily, so importing this package does not load torch, datasets or matplotlib.
 """
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_attributes
 
 _LAZY_ATTRIBUTES: dict[str, str] = {
     # protocols
@@ -79,14 +78,6 @@ _LAZY_ATTRIBUTES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_ATTRIBUTES:
-        return getattr(import_module(_LAZY_ATTRIBUTES[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(_LAZY_ATTRIBUTES)
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY_ATTRIBUTES)
 
 __all__ = sorted(_LAZY_ATTRIBUTES)
