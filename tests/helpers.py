@@ -42,3 +42,14 @@ def fit_vae(model, processor, images, steps: int = 120) -> None:
 def psnr(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(10 * np.log10(255.0**2 / ((a - b) ** 2).mean()))
+
+
+def recover_latent(model, golden) -> torch.Tensor:
+    """`recover()` of the golden edit case with its recorded noise (4 points), as latents: loading tests compare it bit for bit."""
+    from robust_u1.generation_robust_u1 import EditInputs
+
+    inputs = EditInputs([golden["edit/vae_pixel_values"]], [golden["edit/vit_pixel_values"]], [golden["edit/prompt_ids"]])
+    return model.recover(
+        inputs, num_inference_steps=4, latents=[golden["edit_full/text_channel/init_noise"]],
+        output_type="latent", sample_posterior=False, progress=False,
+    )[0]  # fmt: skip

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from robust_u1 import RobustU1ForConditionalGeneration, convert_bagel_checkpoint
-from robust_u1.generation_robust_u1 import EditInputs
 from robust_u1.loading import plan_device_map
 from robust_u1.packing import TextBlock, VitImageBlock
+
+from helpers import recover_latent
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -28,14 +29,6 @@ def sources(parity_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(parity_model, golden):
     return recover_latent(parity_model, golden), generate_ids(parity_model, golden)
-
-
-def recover_latent(model, golden):
-    inputs = EditInputs([golden["edit/vae_pixel_values"]], [golden["edit/vit_pixel_values"]], [golden["edit/prompt_ids"]])
-    return model.recover(
-        inputs, num_inference_steps=4, latents=[golden["edit_full/text_channel/init_noise"]],
-        output_type="latent", sample_posterior=False, progress=False,
-    )[0]  # fmt: skip
 
 
 def generate_ids(model, golden):

@@ -8,15 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from robust_u1 import RobustU1ForConditionalGeneration, convert_bagel_checkpoint
-from robust_u1.generation_robust_u1 import EditInputs
 
-
-def recover_latent(model, golden):
-    inputs = EditInputs([golden["edit/vae_pixel_values"]], [golden["edit/vit_pixel_values"]], [golden["edit/prompt_ids"]])
-    return model.recover(
-        inputs, num_inference_steps=4, latents=[golden["edit_full/text_channel/init_noise"]],
-        output_type="latent", sample_posterior=False, progress=False,
-    )[0]  # fmt: skip
+from helpers import recover_latent
 
 
 def test_round_trip_is_bit_identical(parity_dir, golden, tmp_path):
