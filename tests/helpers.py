@@ -53,3 +53,8 @@ def recover_latent(model, golden) -> torch.Tensor:
         inputs, num_inference_steps=4, latents=[golden["edit_full/text_channel/init_noise"]],
         output_type="latent", sample_posterior=False, progress=False,
     )[0]  # fmt: skip
+
+
+def chat_reply(content: str) -> dict:
+    """An OpenAI chat-completions reply with one message (for the local judge servers)."""
+    return {"choices": [{"message": {"role": "assistant", "content": content}}]}

@@ -1,12 +1,10 @@
 """R-Bench judges: scoring rules, the OpenAI-compatible HTTP client (against a local server), the transformers judge."""
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from helpers import chat_reply
 from robust_u1.evaluation.judges import (
     ChatJudge,
     JudgeRequestError,
@@ -83,38 +81,6 @@ def test_scoring_rejects_unknown_tasks_and_bad_repeats():
         ScriptedJudge([]).score("OCR", "q", None, "a", "a")
     with pytest.raises(ValueError, match="repeats"):
         ScriptedJudge([], repeats=0)
-
-
-def chat_reply(content):
-    return {"choices": [{"message": {"role": "assistant", "content": content}}]}
-
-
-class ScriptedHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        status, payload = self.server.script.pop(0) if self.server.script else (200, chat_reply("Score: 1"))
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def judge_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedHandler)
-    server.script, server.requests = [], []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 @pytest.fixture
