@@ -220,6 +220,15 @@ class SilentServer:
         self.socket.close()
 
 
+def test_a_judge_that_never_answers_fails_after_its_timeout_and_retries():
+    with SilentServer() as server:
+        judge = OpenAICompatibleJudge(server.url, "m", api_key_env=None, timeout=0.3, max_retries=1, backoff=0.0)
+        started = time.monotonic()
+        with pytest.raises(JudgeRequestError, match=r"failed 2 times; last problem: no reply within 0.3 s"):
+            judge.check()
+        assert time.monotonic() - started < 3
+
+
 def test_judge_check_is_one_cheap_request(judge_server):
     judge = OpenAICompatibleJudge(judge_server.url, "judge-model", api_key_env=None)
     judge.check()
